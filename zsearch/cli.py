@@ -1,0 +1,48 @@
+"""The `zsearch` command: one sub-command per module in `zsearch.commands`.
+
+Every user mistake surfaces as a UserError: one line on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UserError
+
+# Sub-command modules; each has `register(subparsers)` that sets `func` on its parser.
+COMMAND_MODULES = ("lora_tools", "search_tools")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zsearch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"zsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"zsearch.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"zsearch.commands.{name}":
+                raise
+            continue  # a command module not written yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"zsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
