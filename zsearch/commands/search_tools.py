@@ -1,0 +1,95 @@
+"""Sub-commands around a search config: run, best, dashboard, render."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import check_inputs, load_config
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run (or resume) the weight search of a config")
+    p.add_argument("config", type=Path)
+    p.add_argument("--trials", type=int, help="override search.trials (total for the study)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log file only)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("best", help="write best.yaml / best.safetensors / best.png from the study")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("render", help="render the config's prompts and seeds with a recipe")
+    p.add_argument("config", type=Path)
+    p.add_argument("--recipe", type=Path, help="recipe YAML (default: the baseline, plain stacking)")
+    p.add_argument("-o", "--out", type=Path, help="output folder (default: results/<name>/render-<recipe>)")
+    p.set_defaults(func=cmd_render)
+
+
+def _summary(config, trial) -> str:
+    if trial is None:
+        return f"study '{config.name}': no completed trial yet"
+    from ..search.best import trial_score
+    return (f"best: trial {trial.number}, score {trial_score(trial):.5f}\n"
+            f"  {config.out_dir / 'best.safetensors'}\n  {config.out_dir / 'best.yaml'}\n"
+            f"  {config.out_dir / 'best.png'}")
+
+
+def cmd_run(args) -> int:
+    from ..search.run import run
+    config = load_config(args.config)
+    if args.trials is not None and args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    trial = run(config, trials=args.trials, show_progress=not args.no_progress)
+    print(_summary(config, trial))
+    return 0
+
+
+def _existing_study(config):
+    import optuna
+    from ..search.study import make_storage
+    try:
+        return optuna.load_study(study_name=config.name, storage=make_storage(config))
+    except KeyError:
+        raise UserError(f"no study '{config.name}' in {config.storage_url}; run `zsearch run {config.source}` first") from None
+
+
+def cmd_best(args) -> int:
+    from ..search.best import export_best
+    from ..search.study import artifact_store
+    config = load_config(args.config)
+    check_inputs(config)
+    study = _existing_study(config)
+    print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    import optuna_dashboard
+    from ..search.study import artifact_store, make_storage
+    config = load_config(args.config)
+    url = f"http://127.0.0.1:{args.port}/dashboard"
+    print(f"optuna-dashboard for study '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
+    optuna_dashboard.run_server(make_storage(config), host="127.0.0.1", port=args.port,
+                                artifact_store=artifact_store(config))
+    return 0
+
+
+def cmd_render(args) -> int:
+    from ..recipe import load_recipe
+    from ..search.run import render_recipe
+    from ..search.space import SearchSpace
+    config = load_config(args.config)
+    recipe = load_recipe(args.recipe) if args.recipe else SearchSpace(config).recipe({})
+    if len(recipe.loras) != len(config.loras):
+        raise UserError(f"{args.recipe}: the recipe has {len(recipe.loras)} LoRAs, the config {len(config.loras)}")
+    out = args.out or config.out_dir / f"render-{args.recipe.stem if args.recipe else 'baseline'}"
+    paths = render_recipe(config, recipe, out)
+    print(f"{len(paths) - 1} images and a grid in {out}")
+    return 0

@@ -1,0 +1,288 @@
+"""The search config (YAML), validated strictly: every mistake names its key and the fix.
+
+Relative paths resolve against the config file's folder. The default output folder is
+`results/<name>` under the folder zsearch is run from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .blocks import GROUPS, N_LAYERS
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Range = tuple[float, float]
+
+
+class LoraSearch(_Strict):
+    """What the search varies for one LoRA; ranges are [low, high]."""
+
+    ratio: Optional[Range] = None  # None: the ratio stays fixed
+    components: Optional[Range] = (0.0, 2.0)  # None: component weights stay 1.0
+    layers: Literal["none", "bands", "per_layer"] = "bands"
+    layer_range: Optional[Range] = None  # default: the components range, else (0, 2)
+    tie: list[str] = []  # groups searched as one weight, e.g. [attn, ffn]
+
+    @field_validator("ratio", "components", "layer_range")
+    @classmethod
+    def _ordered(cls, value):
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"range [{value[0]}, {value[1]}] must be [low, high] with low < high")
+        return value
+
+    @field_validator("tie")
+    @classmethod
+    def _known_groups(cls, value):
+        for group in value:
+            if group not in GROUPS:
+                raise ValueError(f"unknown group '{group}'; tie one of {', '.join(GROUPS)}")
+        if "qk" in value and "attn" in value:
+            raise ValueError("tie either attn or qk, not both (qk is part of attn)")
+        return value
+
+
+class LoraEntry(_Strict):
+    path: Path
+    ratio: float = 1.0  # the fixed ratio, or the baseline's ratio when searched
+    search: Optional[LoraSearch] = None  # absent: this LoRA is held fixed at `ratio`
+
+    @model_validator(mode="after")
+    def _baseline_inside(self):
+        s = self.search
+        if s and s.ratio and not s.ratio[0] <= self.ratio <= s.ratio[1]:
+            raise ValueError(f"ratio {self.ratio} (the baseline) must lie inside search.ratio {list(s.ratio)}")
+        for key in ("components", "layer_range"):
+            rng = getattr(s, key, None) if s else None
+            if rng and not rng[0] <= 1.0 <= rng[1]:
+                raise ValueError(f"search.{key} {list(rng)} must contain 1.0 (the baseline weight)")
+        return self
+
+
+class Render(_Strict):
+    steps: int = Field(8, ge=1, le=100)
+    width: int = Field(1024, ge=16)
+    height: int = Field(1024, ge=16)
+    batch: int = Field(4, ge=1)
+    guidance: float = 0.0
+    way: Literal["auto", "side", "fused"] = "auto"  # how a weighting is applied (see engine)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, value):
+        if value % 16:
+            raise ValueError(f"{value} is not a multiple of 16; Z-Image needs multiples of 16 (e.g. 1024)")
+        return value
+
+
+class Scorer(_Strict):
+    model: str = "ViT-L-14"
+    pretrained: Optional[str] = "datacomp_xl_s13b_b90k"
+    style: Literal["centroid", "pairwise"] = "centroid"
+
+
+class Objective(_Strict):
+    """Weighted sum of the mean style and prompt similarities, or both as a Pareto pair."""
+
+    style: float = 1.0
+    prompt: float = 0.3
+    pareto: bool = False
+
+
+class Search(_Strict):
+    trials: int = Field(500, ge=1)
+    hours: Optional[float] = Field(None, gt=0)
+    sampler: Literal["tpe", "cmaes", "gp", "random"] = "tpe"
+    seed: int = 0
+    bands: int = Field(3, ge=1, le=N_LAYERS)
+    prune: bool = True
+
+
+class Config(_Strict):
+    name: str
+    model: str = "Tongyi-MAI/Z-Image-Turbo"
+    device: str = "auto"
+    loras: list[LoraEntry] = Field(min_length=1)
+    references: Path
+    prompts: Union[Path, list[str]]
+    seeds: list[int] = Field([0], min_length=1)
+    render: Render = Render()
+    scorer: Scorer = Scorer()
+    objective: Objective = Objective()
+    search: Search = Search()
+    storage: Optional[str] = None  # any Optuna storage URL; default sqlite in the output folder
+    start: list[Path] = []  # recipes tried right after the baseline
+    output: Optional[Path] = None  # default: results/<name> under the working folder
+    cache: Optional[Path] = None  # prompt/reference embedding cache; default <output>/cache
+    demo: Optional[Path] = None  # build the tiny offline demo models into this folder first
+
+    # Filled in by load_config, not by the user.
+    source: Path = Field(Path("config.yaml"), exclude=True)
+    prompt_list: list[str] = Field([], exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError(f"'{value}' must be letters, digits, '.', '_' or '-' (it names a folder)")
+        return value
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _pareto_shorthand(cls, value):
+        return {"pareto": True} if value == "pareto" else value
+
+    @property
+    def out_dir(self) -> Path:
+        return self.output if self.output is not None else Path("results") / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache if self.cache is not None else self.out_dir / "cache"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out_dir / 'study.db').resolve()}"
+
+    def searched(self) -> list[int]:
+        return [i for i, lora in enumerate(self.loras) if lora.search is not None]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes what a trial's score means; a resume must match it."""
+        return {
+            "model": self.model,
+            "loras": [{"file": lora.path.name, "ratio": lora.ratio,
+                       "search": lora.search.model_dump(mode="json") if lora.search else None}
+                      for lora in self.loras],
+            "references": sorted(p.name for p in _reference_files(self.references)),
+            "prompts": self.prompt_list,
+            "seeds": self.seeds,
+            "render": self.render.model_dump(exclude={"batch", "way"}),
+            "scorer": self.scorer.model_dump(),
+            "objective": self.objective.model_dump(),
+            "bands": self.search.bands,
+        }
+
+    def fingerprint_hash(self) -> str:
+        text = json.dumps(self.fingerprint(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _reference_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt a line; blank lines and '#' comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: prompts file not found; check 'prompts:' in the config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the prompts file ({exc.__class__.__name__})") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the file; write one prompt a line")
+    return prompts
+
+
+def _one_line(error: ValidationError, source: Path) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{where}'; check its spelling (see configs/style.yaml)"
+    if kind == "missing":
+        return f"{source}: '{where}' is required"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    return f"{source}: {where}: {message}{shown}"
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def parse_config(data: Any, source: Path) -> Config:
+    """Validate config data read from `source`, resolving its relative paths."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a config is a YAML mapping (name:, loras:, references:, prompts:, ...)")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, source)) from None
+    base = source.resolve().parent
+    config.source = source
+    for lora in config.loras:
+        lora.path = _resolve(base, lora.path)
+    if config.model.startswith((".", "/", "~")) or (base / config.model).is_dir():
+        config.model = str(_resolve(base, Path(config.model)))  # a local folder, not a hub id
+    if config.scorer.model.startswith("local-dir:"):
+        folder = _resolve(base, Path(config.scorer.model.removeprefix("local-dir:")))
+        config.scorer.model = f"local-dir:{folder}"
+    if config.scorer.pretrained and (base / config.scorer.pretrained).is_file():
+        config.scorer.pretrained = str(base / config.scorer.pretrained)  # a local checkpoint
+    config.references = _resolve(base, config.references)
+    config.start = [_resolve(base, p) for p in config.start]
+    for key in ("output", "cache", "demo"):
+        if getattr(config, key) is not None:
+            setattr(config, key, _resolve(base, getattr(config, key)))
+    if isinstance(config.prompts, list):
+        config.prompt_list = [p.strip() for p in config.prompts if p.strip()]
+        if not config.prompt_list:
+            raise UserError(f"{source}: prompts: the list is empty; give at least one prompt")
+    else:
+        config.prompts = _resolve(base, config.prompts)
+    if not config.searched():
+        raise UserError(f"{source}: no LoRA has a 'search:' block; add e.g. search: {{ratio: [0, 1.5]}} to one")
+    return config
+
+
+def check_inputs(config: Config) -> None:
+    """Check files exist (after the demo assets are built, if any); read the prompts."""
+    for i, lora in enumerate(config.loras):
+        if not lora.path.is_file():
+            raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
+    if not config.references.is_dir():
+        raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
+    if not _reference_files(config.references):
+        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references}")
+    for path in config.start:
+        if not path.is_file():
+            raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
+    if not config.prompt_list:
+        config.prompt_list = read_prompts(config.prompts)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: config not found; check the path (e.g. configs/demo.yaml)") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; give the config's .yaml file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the config ({exc.__class__.__name__})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{line}; fix the syntax") from None
+    return parse_config(data, path)

@@ -1,0 +1,42 @@
+"""Image grids: one trial's renders, and the baseline-vs-best comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
+
+from .atomic import atomic_path
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3,H,W) float in [0,1] -> PIL RGB."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+
+
+def render_grid(images: torch.Tensor, columns: int) -> Image.Image:
+    """Images in row-major order (N,3,H,W) -> one picture with `columns` per row."""
+    return to_pil(make_grid(images.detach().float().cpu(), nrow=columns, padding=2, pad_value=1.0))
+
+
+def stack_labelled(rows: list[tuple[str, Image.Image]]) -> Image.Image:
+    """Stack pictures vertically, each with a label strip above it."""
+    strip = 14
+    width = max(img.width for _, img in rows)
+    height = sum(img.height + strip for _, img in rows)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for label, img in rows:
+        draw.text((2, y + 1), label, fill="black")
+        canvas.paste(img, (0, y + strip))
+        y += img.height + strip
+    return canvas
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

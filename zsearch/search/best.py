@@ -1,0 +1,121 @@
+"""The best outputs: best.yaml (recipe), best.safetensors (its merge), best.png (baseline vs best).
+
+Written from the study's storage alone, so any machine that reaches the storage (and the
+artifact folder) can export them; a file lock and atomic renames keep two workers from
+corrupting them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import optuna
+import yaml
+from PIL import Image
+from optuna.trial import FrozenTrial, TrialState
+
+from .. import __version__
+from ..config import Config
+from ..grid import save_png, stack_labelled
+from ..lora.merge import merge_recipe
+from ..lora.write import save_lora
+from ..recipe import Recipe, recipe_to_dict, save_recipe
+from .space import SearchSpace
+from .study import baseline_trial
+
+GRID_ATTR = "grid_artifact"
+
+
+def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
+    """The best complete trial: the top score, or on a Pareto front the best weighted sum."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    if not config.objective.pareto:
+        return study.best_trial
+    w = config.objective
+    return max(study.best_trials, key=lambda t: w.style * t.values[0] + w.prompt * t.values[1])
+
+
+def trial_score(trial: FrozenTrial) -> float:
+    return float(trial.user_attrs.get("score", trial.values[0]))
+
+
+@contextmanager
+def _locked(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".best.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _written_trial(path: Path) -> Optional[int]:
+    try:
+        return yaml.safe_load(path.read_text())["info"]["trial"]
+    except (OSError, TypeError, KeyError, yaml.YAMLError):
+        return None
+
+
+def best_recipe(config: Config, space: SearchSpace, study: optuna.Study, trial: FrozenTrial) -> Recipe:
+    recipe = space.recipe(trial.params)
+    baseline = baseline_trial(study)
+    recipe.info = {
+        "study": config.name,
+        "trial": trial.number,
+        "score": trial_score(trial),
+        "values": list(trial.values),
+        "baseline_score": trial_score(baseline) if baseline else None,
+        "zsearch": __version__,
+    }
+    return recipe
+
+
+def export_best(config: Config, study: optuna.Study, store, force: bool = False) -> Optional[FrozenTrial]:
+    """(Re)write best.yaml, best.safetensors and best.png if the best trial changed."""
+    trial = pick_best(config, study)
+    if trial is None:
+        return None
+    out = config.out_dir
+    with _locked(out):
+        if not force and _written_trial(out / "best.yaml") == trial.number and (out / "best.safetensors").exists():
+            return trial
+        recipe = best_recipe(config, SearchSpace(config), study, trial)
+        tensors, _ = merge_recipe(recipe)
+        metadata = {"zsearch.recipe": json.dumps(recipe_to_dict(recipe)),
+                    "zsearch.score": str(recipe.info["score"]),
+                    "zsearch.trial": str(trial.number),
+                    "zsearch.model": config.model}
+        save_lora(tensors, out / "best.safetensors", metadata=metadata, force=True)
+        _write_comparison(study, store, trial, out / "best.png")
+        save_recipe(recipe, out / "best.yaml")  # last: it marks the set as complete
+    return trial
+
+
+def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
+    artifact = trial.user_attrs.get(GRID_ATTR) if trial else None
+    if not artifact:
+        return None
+    try:
+        with store.open_reader(artifact) as reader:
+            return Image.open(io.BytesIO(reader.read())).convert("RGB")
+    except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
+        return None
+
+
+def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
+    rows = []
+    baseline = baseline_trial(study)
+    for label, trial in (("baseline", baseline), (f"best (trial {best.number})", best)):
+        grid = _load_grid(store, trial)
+        if grid is not None:
+            score = f"{trial_score(trial):.4f}"
+            rows.append((f"{label}  score {score}", grid))
+    if rows:
+        save_png(stack_labelled(rows), path)

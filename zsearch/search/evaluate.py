@@ -1,0 +1,101 @@
+"""One evaluation of a weighting: set it, render every (prompt, seed) job, score the renders.
+
+Scores are reported prompt by prompt, so a pruner can stop a hopeless trial early.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..config import Config
+from ..engine.render import Job
+from ..recipe import Recipe
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a score (out of memory, NaN render); the study goes on."""
+
+
+@dataclass
+class Evaluation:
+    style: list[float]  # per prompt, mean over seeds
+    prompt: list[float]
+    combined: list[float]  # per prompt, weighted by the objective
+    images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_style(self) -> float:
+        return sum(self.style) / len(self.style)
+
+    @property
+    def mean_prompt(self) -> float:
+        return sum(self.prompt) / len(self.prompt)
+
+    @property
+    def value(self) -> float:
+        return sum(self.combined) / len(self.combined)
+
+
+def make_jobs(prompts: list[str], seeds: list[int]) -> list[Job]:
+    return [Job(i, prompt, seed) for i, prompt in enumerate(prompts) for seed in seeds]
+
+
+class Evaluator:
+    """Renders and scores a config's jobs for any recipe, on one engine and scorer."""
+
+    def __init__(self, config: Config, engine, scorer, prompts: Optional[list[str]] = None,
+                 seeds: Optional[list[int]] = None):
+        self.config = config
+        self.engine = engine
+        self.scorer = scorer
+        self.prompts = prompts if prompts is not None else config.prompt_list
+        self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds)
+
+    def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None) -> Evaluation:
+        """`report(prompt_index, combined_score)` is called as each prompt completes; it may raise."""
+        render, weights = self.config.render, self.config.objective
+        seconds = {"set": 0.0, "render": 0.0, "score": 0.0}
+        start = time.perf_counter()
+        self.engine.set_recipe(recipe)
+        seconds["set"] = time.perf_counter() - start
+
+        n_prompts = len(self.prompts)
+        style = [[] for _ in range(n_prompts)]
+        prompt = [[] for _ in range(n_prompts)]
+        per_prompt_jobs = len(self.jobs) // n_prompts
+        combined: list[float] = [float("nan")] * n_prompts
+        images = []
+        for at in range(0, len(self.jobs), render.batch):
+            chunk = self.jobs[at:at + render.batch]
+            start = time.perf_counter()
+            try:
+                batch = self.engine.render(chunk, steps=render.steps, width=render.width,
+                                           height=render.height, batch=render.batch)
+            except torch.OutOfMemoryError:
+                raise TrialFailed("CUDA out of memory even at batch size 1; lower render.width/height") from None
+            seconds["render"] += time.perf_counter() - start
+            if not torch.isfinite(batch).all():
+                raise TrialFailed("the render contains NaN or Inf values")
+            start = time.perf_counter()
+            scores = self.scorer.score(batch, [job.prompt for job in chunk])
+            seconds["score"] += time.perf_counter() - start
+            images.append(batch.detach().float().cpu())
+            for job, s, p in zip(chunk, scores["style"].tolist(), scores["prompt"].tolist()):
+                style[job.prompt_index].append(s)
+                prompt[job.prompt_index].append(p)
+                if len(style[job.prompt_index]) == per_prompt_jobs:
+                    i = job.prompt_index
+                    combined[i] = weights.style * _mean(style[i]) + weights.prompt * _mean(prompt[i])
+                    if report is not None:
+                        report(i, combined[i])
+        return Evaluation(style=[_mean(s) for s in style], prompt=[_mean(p) for p in prompt],
+                          combined=combined, images=torch.cat(images), seconds=seconds)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

@@ -1,0 +1,195 @@
+"""`zsearch run`: the overnight loop — suggest, render, score, keep the best, survive interruptions."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import optuna
+import torch
+from optuna.artifacts import upload_artifact
+from optuna.trial import TrialState
+
+from ..config import Config, check_inputs
+from ..grid import render_grid, save_png
+from .best import GRID_ATTR, export_best, pick_best, trial_score
+from .evaluate import Evaluation, Evaluator, TrialFailed
+from .progress import Progress
+from .space import SearchSpace
+from .study import WORKER_ATTR, artifact_store, open_study, worker_id
+
+log = logging.getLogger("zsearch")
+
+
+def prepare(config: Config) -> None:
+    """Build the demo's tiny models when asked, then check every input file exists."""
+    if config.demo is not None:
+        from ..demo import build_demo
+        build_demo(config.demo)
+    check_inputs(config)
+
+
+def load_engine(config: Config):
+    from ..engine import Engine
+    from ..lora.read import load_loras
+    loras = load_loras([lora.path for lora in config.loras])
+    return Engine(config.model, loras, config.prompt_list, device=config.device,
+                  way=config.render.way, cache_dir=config.cache_dir)
+
+
+def load_scorer(config: Config, device):
+    from ..engine.scorer import Scorer
+    return Scorer.load(config.scorer.model, config.scorer.pretrained, config.references,
+                       style=config.scorer.style, device=device, cache_dir=config.cache_dir)
+
+
+def job_grid(evaluation: Evaluation, n_prompts: int):
+    """A picture of one trial: one column per prompt, one row per seed."""
+    images = evaluation.images
+    n_seeds = images.shape[0] // n_prompts
+    by_seed = images.view(n_prompts, n_seeds, *images.shape[1:]).transpose(0, 1).reshape(images.shape)
+    return render_grid(by_seed, columns=n_prompts)
+
+
+class GracefulStop:
+    """First SIGINT/SIGTERM: finish the current trial, write outputs, exit 0. Second: stop now."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing the current trial (press Ctrl-C again to abort)")
+
+
+def finished_count(study: optuna.Study) -> int:
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class Objective:
+    def __init__(self, config: Config, space: SearchSpace, evaluator: Evaluator, store, study: optuna.Study):
+        self.config, self.space, self.evaluator, self.store, self.study = config, space, evaluator, store, study
+
+    def __call__(self, trial: optuna.Trial):
+        self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
+        recipe = self.space.suggest(trial)
+
+        def report(prompt_index: int, score: float) -> None:
+            trial.report(score, step=prompt_index)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
+
+        try:
+            evaluation = self.evaluator.evaluate(recipe, report=report)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        trial.set_user_attr("score", evaluation.value)
+        trial.set_user_attr("per_prompt", evaluation.combined)
+        trial.set_user_attr("style", evaluation.mean_style)
+        trial.set_user_attr("prompt", evaluation.mean_prompt)
+        trial.set_user_attr("seconds", {k: round(v, 4) for k, v in evaluation.seconds.items()})
+        self._upload_grid(trial, evaluation)
+        if self.config.objective.pareto:
+            return evaluation.mean_style, evaluation.mean_prompt
+        return evaluation.value
+
+    def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"trial-{trial.number:05d}.png"
+            save_png(job_grid(evaluation, len(self.evaluator.prompts)), path)
+            artifact = upload_artifact(artifact_store=self.store, file_path=str(path),
+                                       study_or_trial=trial, mimetype="image/png")
+        trial.set_user_attr(GRID_ATTR, artifact)
+
+
+def _setup_log(config: Config) -> None:
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(config.out_dir / "zsearch.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for name in ("zsearch", "optuna"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    optuna.logging.disable_default_handler()  # the progress bar speaks on the terminal
+
+
+def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
+    """Run (or resume) the study until its trial budget or time budget is spent."""
+    prepare(config)
+    _setup_log(config)
+    space = SearchSpace(config)
+    study = open_study(config, space)
+    store = artifact_store(config)
+    total = trials if trials is not None else config.search.trials
+    done = finished_count(study)
+    if done >= total:
+        log.info("study '%s' already has %d finished trials (budget %d)", config.name, done, total)
+        return export_best(config, study, store)
+
+    engine = load_engine(config)
+    scorer = load_scorer(config, engine.device)
+    objective = Objective(config, space, Evaluator(config, engine, scorer), store, study)
+    deadline = time.time() + config.search.hours * 3600 if config.search.hours else None
+    log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
+             config.name, len(space), len(objective.evaluator.jobs), done, total, engine.device)
+
+    with GracefulStop() as stop, Progress(total, done, deadline, enabled=show_progress) as progress:
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            best = pick_best(config, study)
+            if best is not None and best.number == trial.number:
+                export_best(config, study, store)
+            _log_trial(trial, best)
+            progress.update(finished_count(study), trial_score(best) if best else None)
+            if stop.requested or finished_count(study) >= total or (deadline and time.time() >= deadline):
+                study.stop()
+
+        while not stop.requested and finished_count(study) < total and not (deadline and time.time() >= deadline):
+            study.optimize(objective, n_trials=total - finished_count(study), callbacks=[after_trial],
+                           catch=(TrialFailed,), gc_after_trial=False)
+    return export_best(config, study, store)
+
+
+def _log_trial(trial: optuna.trial.FrozenTrial, best) -> None:
+    if trial.state == TrialState.COMPLETE:
+        log.info("trial %d: score %.5f (best %.5f, trial %d) %s", trial.number, trial_score(trial),
+                 trial_score(best), best.number, trial.user_attrs.get("seconds"))
+    else:
+        log.info("trial %d: %s %s", trial.number, trial.state.name.lower(),
+                 trial.user_attrs.get("fail_reason", ""))
+
+
+def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
+    """Render the config's prompts and seeds with `recipe` to PNGs and a grid (`zsearch render`)."""
+    from ..engine.render import save_pngs
+    prepare(config)
+    engine = load_engine(config)
+    evaluator_jobs = Evaluator(config, engine, scorer=None).jobs
+    engine.set_recipe(recipe)
+    r = config.render
+    images = torch.cat([engine.render(evaluator_jobs[i:i + r.batch], steps=r.steps, width=r.width,
+                                      height=r.height, batch=r.batch)
+                        for i in range(0, len(evaluator_jobs), r.batch)]).float().cpu()
+    paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in evaluator_jobs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_pngs(images, paths)
+    grid = out_dir / "grid.png"
+    save_png(job_grid(Evaluation([], [], [], images), len(config.prompt_list)), grid)
+    return [*paths, grid]

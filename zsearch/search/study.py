@@ -1,0 +1,158 @@
+"""The Optuna study: storage, sampler, pruner, resume rules and the trials queued first."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
+
+from ..config import Config
+from ..errors import UserError
+from ..recipe import load_recipe
+from .space import SearchSpace
+
+WORKER_ATTR = "zsearch.worker"  # host:pid of the process running a trial
+RETRY_ATTR = "retry_of"
+
+
+def make_storage(config: Config) -> optuna.storages.BaseStorage:
+    """An Optuna storage from the config: any RDB URL, or `journal:PATH` for a journal file."""
+    url = config.storage_url
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        path = Path(url.removeprefix("journal:"))
+        if not path.is_absolute():
+            path = config.source.resolve().parent / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Heartbeats let a study fail trials of a worker that died on another machine.
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=60, grace_period=180,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise UserError(f"storage: {url} needs the database driver '{exc.name}'; pip install it") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
+        raise UserError(f"storage: cannot open {url} ({exc.__class__.__name__}); check the URL") from None
+
+
+def artifact_store(config: Config) -> FileSystemArtifactStore:
+    folder = config.out_dir / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+def make_sampler(config: Config, seed: int, n_params: int) -> optuna.samplers.BaseSampler:
+    name = config.search.sampler
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=1)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    # Multivariate TPE models the interactions between block weights.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, 2 + n_params))
+
+
+def make_pruner(config: Config) -> optuna.pruners.BasePruner:
+    if not config.search.prune or config.objective.pareto or len(config.prompt_list) < 2:
+        return optuna.pruners.NopPruner()
+    # Per-prompt scores are paired samples: the Wilcoxon test against the best trial suits them.
+    return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_orphans(study: optuna.Study) -> int:
+    """Fail and re-queue the running trials of dead zsearch processes on this machine.
+
+    A `kill -9` leaves its trial RUNNING forever; on this host we can tell at once that its
+    process is gone. (Workers on other machines are covered by storage heartbeats.)
+    """
+    host = socket.gethostname()
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.system_attrs.get(WORKER_ATTR, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except RuntimeError:  # another worker got there first
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker process died")
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number}, skip_if_exists=False)
+        recovered += 1
+    return recovered
+
+
+def open_study(config: Config, space: SearchSpace) -> optuna.Study:
+    """Create or resume the study; refuse a resume whose search space or scoring changed."""
+    storage = make_storage(config)
+    directions = ["maximize", "maximize"] if config.objective.pareto else ["maximize"]
+    try:
+        existing = optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        recorded = existing.user_attrs.get("fingerprint")
+        if recorded is not None and recorded != config.fingerprint():
+            changed = sorted(k for k in config.fingerprint() if recorded.get(k) != config.fingerprint()[k])
+            raise UserError(
+                f"{config.source}: study '{config.name}' was run with a different {', '.join(changed)}; "
+                f"set a new 'name:' to start a new study (or restore the old settings to resume)")
+        seed = _resume_seed(config.search.seed, len(existing.trials))
+    else:
+        seed = config.search.seed
+    study = optuna.create_study(
+        study_name=config.name, storage=storage, directions=directions, load_if_exists=True,
+        sampler=make_sampler(config, seed, len(space)), pruner=make_pruner(config))
+    if existing is None or "fingerprint" not in study.user_attrs:
+        study.set_user_attr("fingerprint", config.fingerprint())
+        study.set_user_attr("space", space.describe())
+        study.set_metric_names(["style", "prompt"] if config.objective.pareto else ["score"])
+        _enqueue_first(config, space, study)
+    recover_orphans(study)
+    return study
+
+
+def _resume_seed(seed: int, n_trials: int) -> int:
+    """A fresh seed per resume (and per worker), so no run replays earlier points."""
+    return int(np.random.SeedSequence([seed, n_trials, os.getpid()]).generate_state(1)[0])
+
+
+def _enqueue_first(config: Config, space: SearchSpace, study: optuna.Study) -> None:
+    study.enqueue_trial(space.baseline(), user_attrs={"role": "baseline"}, skip_if_exists=True)
+    for path in config.start:
+        recipe = load_recipe(path)
+        if len(recipe.loras) != len(config.loras):
+            raise UserError(f"{path}: the recipe has {len(recipe.loras)} LoRAs, the config "
+                            f"{len(config.loras)}; list them in the same order")
+        study.enqueue_trial(space.params_of(recipe), user_attrs={"role": f"start:{path.name}"},
+                            skip_if_exists=True)
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.user_attrs.get("role") == "baseline":
+            return trial
+    return None
