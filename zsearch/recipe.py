@@ -159,7 +159,10 @@ def parse_recipe(data: Any, source: str, base_dir: Path, n_layers: int = N_LAYER
         raise UserError(f"{source}: unknown key '{sorted(unknown)[0]}'; a recipe has 'loras' and 'info'")
     loras = [parse_lora_weights(item, f"{source}: loras[{i}]", base_dir, n_layers)
              for i, item in enumerate(data["loras"])]
-    return Recipe(loras=loras, info=dict(data.get("info") or {}))
+    info = data.get("info") or {}
+    if not isinstance(info, dict):
+        raise UserError(f"{source}: 'info' must be a mapping (free-form notes such as score: 0.31)")
+    return Recipe(loras=loras, info=dict(info))
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
