@@ -94,7 +94,7 @@ def load_lora(path: str | os.PathLike) -> Lora:
     modules = _build_modules(path, groups, metadata)
     dim = _infer_dim(path, modules)
     _check_shapes(path, modules, dim)
-    ordered = {p: modules[p] for p in sorted(modules, key=_model_order)}
+    ordered = {p: modules[p] for p in sorted(modules, key=model_order)}
     return Lora(path=path, format=fmt, dim=dim, modules=ordered, metadata=metadata)
 
 
@@ -304,7 +304,8 @@ def _check_shapes(path: Path, modules: dict[str, LoraModule], dim: int) -> None:
                 f"LoRA or is damaged")
 
 
-def _model_order(module_path: str) -> tuple:
+def model_order(module_path: str) -> tuple:
+    """Sort key: refiners first, then layers, each block's components in COMPONENTS order."""
     module = parse_module(module_path)
     order = {"noise_refiner": 0, "context_refiner": 1, "layers": 2}
     return order[module.block], module.index, list(COMPONENTS).index(module.component)
