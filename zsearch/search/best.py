@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -23,8 +22,8 @@ from .. import __version__
 from ..config import Config
 from ..grid import save_png, stack_labelled
 from ..lora.merge import merge_recipe
-from ..lora.write import save_lora
-from ..recipe import Recipe, recipe_to_dict, save_recipe
+from ..lora.write import merge_metadata, save_lora
+from ..recipe import Recipe, save_recipe
 from .space import SearchSpace
 from .study import baseline_trial
 
@@ -88,11 +87,10 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
             return trial
         recipe = best_recipe(config, SearchSpace(config), study, trial)
         tensors, _ = merge_recipe(recipe)
-        metadata = {"zsearch.recipe": json.dumps(recipe_to_dict(recipe)),
-                    "zsearch.score": str(recipe.info["score"]),
-                    "zsearch.trial": str(trial.number),
-                    "zsearch.model": config.model}
-        save_lora(tensors, out / "best.safetensors", metadata=metadata, force=True)
+        target = out / "best.safetensors"
+        metadata = merge_metadata(recipe, target, score=recipe.info["score"], trial=trial.number,
+                                  baseline_score=recipe.info["baseline_score"], model=config.model)
+        save_lora(tensors, target, metadata=metadata, force=True, inputs=[lw.path for lw in recipe.loras])
         _write_comparison(study, store, trial, out / "best.png")
         save_recipe(recipe, out / "best.yaml")  # last: it marks the set as complete
     return trial

@@ -151,6 +151,9 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
     log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
              config.name, len(space), len(objective.evaluator.jobs), done, total, engine.device)
 
+    def out_of_time() -> bool:
+        return deadline is not None and time.time() >= deadline
+
     with GracefulStop() as stop, Progress(total, done, deadline, enabled=show_progress) as progress:
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             best = pick_best(config, study)
@@ -158,12 +161,15 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
                 export_best(config, study, store)
             _log_trial(trial, best)
             progress.update(finished_count(study), trial_score(best) if best else None)
-            if stop.requested or finished_count(study) >= total or (deadline and time.time() >= deadline):
-                study.stop()
 
-        while not stop.requested and finished_count(study) < total and not (deadline and time.time() >= deadline):
-            study.optimize(objective, n_trials=total - finished_count(study), callbacks=[after_trial],
-                           catch=(TrialFailed,), gc_after_trial=False)
+        # One trial per call: other workers' running trials count against the budget, so
+        # several workers stop at exactly `total` finished trials.
+        while not stop.requested and not out_of_time():
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if finished_count(study) + running >= total:
+                break
+            study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
+                           gc_after_trial=False)
     return export_best(config, study, store)
 
 
