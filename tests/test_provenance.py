@@ -1,0 +1,78 @@
+"""Provenance metadata: every entry is a string, parses back, and replays the recipe."""
+
+import json
+from types import SimpleNamespace
+
+import torch
+from safetensors import safe_open
+
+from zsearch import __version__
+from zsearch.config import parse_config
+from zsearch.lora.write import save_lora
+from zsearch.provenance import provenance_metadata
+from zsearch.recipe import LoraWeights, Recipe, parse_recipe
+
+
+def _config(tmp_path):
+    data = {
+        "name": "prov",
+        "model": "Tongyi-MAI/Z-Image-Turbo",
+        "loras": [{"path": "loras/style.safetensors", "ratio": 0.8, "search": {"ratio": [0.0, 1.5]}}],
+        "references": "refs",
+        "prompts": ["a cat", "a dog"],
+        "seeds": [3, 4],
+        "scorer": {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+        "output": "out/prov",
+    }
+    return parse_config(data, tmp_path / "c.yaml")
+
+
+def test_metadata_records_recipe_scores_prompts_seeds_model_scorers_version(tmp_path):
+    config = _config(tmp_path)
+    lora = tmp_path / "loras" / "style.safetensors"
+    recipe = Recipe(loras=[LoraWeights(path=lora, ratio=0.65, components={"attn": 1.3},
+                                       layers={"0-9": 0.5})], info={"trial": 7})
+    scores = {"train": 0.812, "validation": 0.79, "baseline": 0.774, "noise": 0.009,
+              "per_prompt": [0.8, float("nan")]}
+    metadata = provenance_metadata(config, recipe, scores)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+
+    # Written and read back through safetensors, as a user would.
+    path = tmp_path / "out" / "prov" / "best.safetensors"
+    save_lora({"x": torch.zeros(1)}, path, metadata=metadata)
+    with safe_open(str(path), framework="pt") as f:
+        read = f.metadata()
+
+    assert read["zsearch.version"] == __version__
+    assert read["zsearch.model"] == "Tongyi-MAI/Z-Image-Turbo"
+    assert json.loads(read["zsearch.scores"]) == {"train": 0.812, "validation": 0.79, "baseline": 0.774,
+                                                  "noise": 0.009, "per_prompt": [0.8, None]}
+    assert json.loads(read["zsearch.prompts"]) == {"train": ["a cat", "a dog"]}
+    assert json.loads(read["zsearch.seeds"]) == {"train": [3, 4]}
+    assert json.loads(read["zsearch.scorers"]) == {"clip": "ViT-B-32 (laion2b_s34b_b79k), centroid"}
+    assert json.loads(read["zsearch.objective"]) == {"style": 1.0, "prompt": 0.3, "pareto": False}
+
+    # The recipe replays from the metadata: paths relative to best.safetensors' folder.
+    data = json.loads(read["zsearch.recipe"])
+    assert data["loras"][0]["path"] == "../../loras/style.safetensors"
+    replayed = parse_recipe(data, "metadata", base_dir=path.parent)
+    got = replayed.loras[0]
+    assert got.path.resolve() == lora.resolve()
+    assert (got.ratio, got.components, got.layers) == (0.65, {"attn": 1.3}, {"0-9": 0.5})
+    assert replayed.info == {"trial": 7}
+
+
+def test_validation_set_and_identity_scorer_are_recorded_when_the_config_has_them(tmp_path):
+    config = _config(tmp_path)
+
+    # The config as the search sees it once it has a validation block and an identity scorer.
+    fields = ("name", "prompt_list", "seeds", "model", "scorer", "objective", "out_dir")
+    config = SimpleNamespace(**{key: getattr(config, key) for key in fields},
+                             validation=SimpleNamespace(prompts=["a held-out owl"], seeds=[11, 12]),
+                             identity=SimpleNamespace(model="facebook/dinov2-small"))
+    recipe = Recipe(loras=[LoraWeights(path=tmp_path / "loras" / "style.safetensors", ratio=1.0)])
+    metadata = provenance_metadata(config, recipe, {})
+    assert json.loads(metadata["zsearch.prompts"]) == {"train": ["a cat", "a dog"], "validation": ["a held-out owl"]}
+    assert json.loads(metadata["zsearch.seeds"]) == {"train": [3, 4], "validation": [11, 12]}
+    assert json.loads(metadata["zsearch.scorers"])["identity"] == "facebook/dinov2-small"
+    assert json.loads(metadata["zsearch.scores"]) == {}
