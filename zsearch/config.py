@@ -102,6 +102,28 @@ class Objective(_Strict):
     pareto: bool = False
 
 
+class Validation(_Strict):
+    """Held-out prompts and seeds the top trials are re-scored on; default: new seeds."""
+
+    prompts: Optional[Union[Path, list[str]]] = None  # default: the search's prompts
+    seeds: Optional[list[int]] = None  # default: as many new seeds as the search uses
+    top_k: int = Field(5, ge=1)
+
+    def seeds_for(self, train_seeds: list[int]) -> list[int]:
+        if self.seeds:
+            return self.seeds
+        return [1000 + seed for seed in train_seeds]  # far from the training seeds
+
+
+class Noise(_Strict):
+    """The baseline is re-scored on `repeats` extra seed sets to measure the score's noise."""
+
+    repeats: int = Field(3, ge=0)
+
+    def seed_sets(self, train_seeds: list[int]) -> list[list[int]]:
+        return [[2000 * (k + 1) + seed for seed in train_seeds] for k in range(self.repeats)]
+
+
 class Search(_Strict):
     trials: int = Field(500, ge=1)
     hours: Optional[float] = Field(None, gt=0)
@@ -109,6 +131,7 @@ class Search(_Strict):
     seed: int = 0
     bands: int = Field(3, ge=1, le=N_LAYERS)
     prune: bool = True
+    screen: bool = False  # one-factor-at-a-time sweep first; freeze what stays within the noise
 
 
 class Config(_Strict):
@@ -123,6 +146,8 @@ class Config(_Strict):
     scorer: Scorer = Scorer()
     objective: Objective = Objective()
     search: Search = Search()
+    validation: Validation = Validation()
+    noise: Noise = Noise()
     storage: Optional[str] = None  # any Optuna storage URL; default sqlite in the output folder
     start: list[Path] = []  # recipes tried right after the baseline
     output: Optional[Path] = None  # default: results/<name> under the working folder
@@ -132,6 +157,7 @@ class Config(_Strict):
     # Filled in by load_config, not by the user.
     source: Path = Field(Path("config.yaml"), exclude=True)
     prompt_list: list[str] = Field([], exclude=True)
+    validation_prompts: list[str] = Field([], exclude=True)
 
     @field_validator("name")
     @classmethod
@@ -174,6 +200,7 @@ class Config(_Strict):
             "scorer": self.scorer.model_dump(),
             "objective": self.objective.model_dump(),
             "bands": self.search.bands,
+            "screen": self.search.screen,
         }
 
     def fingerprint_hash(self) -> str:
@@ -250,6 +277,10 @@ def parse_config(data: Any, source: Path) -> Config:
             raise UserError(f"{source}: prompts: the list is empty; give at least one prompt")
     else:
         config.prompts = _resolve(base, config.prompts)
+    if isinstance(config.validation.prompts, list):
+        config.validation_prompts = [p.strip() for p in config.validation.prompts if p.strip()]
+    elif config.validation.prompts is not None:
+        config.validation.prompts = _resolve(base, config.validation.prompts)
     if not config.searched():
         raise UserError(f"{source}: no LoRA has a 'search:' block; add e.g. search: {{ratio: [0, 1.5]}} to one")
     return config
@@ -269,6 +300,9 @@ def check_inputs(config: Config) -> None:
             raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
     if not config.prompt_list:
         config.prompt_list = read_prompts(config.prompts)
+    if not config.validation_prompts:
+        v = config.validation.prompts
+        config.validation_prompts = read_prompts(v) if isinstance(v, Path) else list(config.prompt_list)
 
 
 def load_config(path: str | Path) -> Config:

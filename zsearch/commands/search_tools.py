@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path)
     p.set_defaults(func=cmd_best)
 
+    p = sub.add_parser("validate", help="re-score the top trials on the held-out validation set")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1)")
     p.add_argument("config", type=Path)
     p.add_argument("--port", type=int, default=8080)
@@ -67,6 +71,14 @@ def cmd_best(args) -> int:
     check_inputs(config)
     study = _existing_study(config)
     print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from ..search.run import validate_study
+    config = load_config(args.config)
+    _existing_study(config)
+    print(_summary(config, validate_study(config)))
     return 0
 
 

@@ -23,21 +23,26 @@ from ..config import Config
 from ..grid import save_png, stack_labelled
 from ..lora.merge import merge_recipe
 from ..lora.write import merge_metadata, save_lora
+from ..provenance import provenance_metadata
 from ..recipe import Recipe, save_recipe
 from .space import SearchSpace
 from .study import baseline_trial
+from .trust import validated_best
 
 GRID_ATTR = "grid_artifact"
 
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
-    """The best complete trial: the top score, or on a Pareto front the best weighted sum."""
+    """The best complete trial: the top score (on a Pareto front the best weighted sum), or the
+    validation's choice among the top trials once validation has run."""
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
-    if not config.objective.pareto:
-        return study.best_trial
-    w = config.objective
-    return max(study.best_trials, key=lambda t: w.style * t.values[0] + w.prompt * t.values[1])
+    if config.objective.pareto:
+        w = config.objective
+        train_best = max(study.best_trials, key=lambda t: w.style * t.values[0] + w.prompt * t.values[1])
+    else:
+        train_best = study.best_trial
+    return validated_best(study, train_best)
 
 
 def trial_score(trial: FrozenTrial) -> float:
@@ -55,24 +60,37 @@ def _locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _written_trial(path: Path) -> Optional[int]:
+def _written(path: Path) -> Optional[tuple[int, dict]]:
+    """(trial, scores) of the best.yaml on disk, to skip rewriting identical outputs."""
     try:
-        return yaml.safe_load(path.read_text())["info"]["trial"]
+        info = yaml.safe_load(path.read_text())["info"]
+        return info["trial"], info["scores"]
     except (OSError, TypeError, KeyError, yaml.YAMLError):
         return None
 
 
+def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """Train, validation, baseline and noise figures of a trial, as far as they are known."""
+    baseline = baseline_trial(study)
+    scores = {"train": trial_score(trial), "baseline": trial_score(baseline) if baseline else None}
+    noise = study.user_attrs.get("noise")
+    if noise:
+        scores["noise_std"] = noise["std"]
+    record = study.user_attrs.get("validation") or {}
+    for row in record.get("rows", []):
+        if row["trial"] == trial.number:
+            scores["validation"] = row["validation"]
+        if row["baseline"]:
+            scores["baseline_validation"] = row["validation"]
+    return scores
+
+
 def best_recipe(config: Config, space: SearchSpace, study: optuna.Study, trial: FrozenTrial) -> Recipe:
     recipe = space.recipe(trial.params)
-    baseline = baseline_trial(study)
-    recipe.info = {
-        "study": config.name,
-        "trial": trial.number,
-        "score": trial_score(trial),
-        "values": list(trial.values),
-        "baseline_score": trial_score(baseline) if baseline else None,
-        "zsearch": __version__,
-    }
+    scores = best_scores(study, trial)
+    recipe.info = {"study": config.name, "trial": trial.number, "score": scores["train"],
+                   "values": list(trial.values), "baseline_score": scores["baseline"],
+                   "scores": scores, "zsearch": __version__}
     return recipe
 
 
@@ -83,13 +101,14 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
         return None
     out = config.out_dir
     with _locked(out):
-        if not force and _written_trial(out / "best.yaml") == trial.number and (out / "best.safetensors").exists():
+        written = _written(out / "best.yaml")
+        if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists():
             return trial
         recipe = best_recipe(config, SearchSpace(config), study, trial)
         tensors, _ = merge_recipe(recipe)
         target = out / "best.safetensors"
-        metadata = merge_metadata(recipe, target, score=recipe.info["score"], trial=trial.number,
-                                  baseline_score=recipe.info["baseline_score"], model=config.model)
+        metadata = {**merge_metadata(recipe, target, trial=trial.number),
+                    **provenance_metadata(config, recipe, recipe.info["scores"])}
         save_lora(tensors, target, metadata=metadata, force=True, inputs=[lw.path for lw in recipe.loras])
         _write_comparison(study, store, trial, out / "best.png")
         save_recipe(recipe, out / "best.yaml")  # last: it marks the set as complete

@@ -21,6 +21,7 @@ from .evaluate import Evaluation, Evaluator, TrialFailed
 from .progress import Progress
 from .space import SearchSpace
 from .study import WORKER_ATTR, artifact_store, open_study, worker_id
+from .trust import analyse_screening, frozen_params, measure_noise, validate
 
 log = logging.getLogger("zsearch")
 
@@ -146,6 +147,10 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
 
     engine = load_engine(config)
     scorer = load_scorer(config, engine.device)
+    noise = measure_noise(config, study, space, engine, scorer)
+    if noise:
+        log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"], len(noise["scores"]))
+    space = SearchSpace(config, frozen_params(study))
     objective = Objective(config, space, Evaluator(config, engine, scorer), store, study)
     deadline = time.time() + config.search.hours * 3600 if config.search.hours else None
     log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
@@ -165,12 +170,39 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
         # One trial per call: other workers' running trials count against the budget, so
         # several workers stop at exactly `total` finished trials.
         while not stop.requested and not out_of_time():
+            if config.search.screen and not objective.space.frozen and analyse_screening(study, space):
+                objective.space = SearchSpace(config, frozen_params(study))
+                log.info("screening froze %d of %d parameters: %s", len(objective.space.frozen), len(space),
+                         ", ".join(sorted(objective.space.frozen)) or "none")
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if finished_count(study) + running >= total:
                 break
             study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
                            gc_after_trial=False)
+        if stop.requested:
+            log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
+        else:
+            report_validation(validate(config, study, space, engine, scorer))
     return export_best(config, study, store)
+
+
+def report_validation(record: dict) -> None:
+    for row in record["rows"]:
+        label = "baseline" if row["baseline"] else f"trial {row['trial']}"
+        log.info("validation: %s train %.5f validation %.5f (gap %+.5f)", label, row["train"],
+                 row["validation"], row["gap"])
+    log.info("validation chose trial %d", record["chosen"])
+
+
+def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:
+    """`zsearch validate`: re-score the top trials of an existing study on the validation set."""
+    prepare(config)
+    _setup_log(config)
+    space = SearchSpace(config)
+    study = open_study(config, space)
+    engine = load_engine(config)
+    report_validation(validate(config, study, space, engine, load_scorer(config, engine.device)))
+    return export_best(config, study, artifact_store(config), force=True)
 
 
 def _log_trial(trial: optuna.trial.FrozenTrial, best) -> None:

@@ -45,8 +45,9 @@ def _labels(config: Config) -> list[str]:
 
 
 class SearchSpace:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, frozen: frozenset[str] = frozenset()):
         self.config = config
+        self.frozen = frozenset(frozen)  # parameters held at their baseline (after screening)
         self.labels = _labels(config)
         self.params: list[Param] = []
         for i, lora in enumerate(config.loras):
@@ -76,7 +77,8 @@ class SearchSpace:
         return {p.name: p.baseline for p in self.params}
 
     def suggest(self, trial: optuna.Trial) -> Recipe:
-        values = {p.name: trial.suggest_float(p.name, p.low, p.high) for p in self.params}
+        values = {p.name: trial.suggest_float(p.name, p.low, p.high)
+                  for p in self.params if p.name not in self.frozen}
         return self.recipe(values)
 
     def recipe(self, values: Mapping[str, float]) -> Recipe:

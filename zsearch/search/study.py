@@ -15,6 +15,7 @@ from ..config import Config
 from ..errors import UserError
 from ..recipe import load_recipe
 from .space import SearchSpace
+from .trust import screening_values
 
 WORKER_ATTR = "zsearch.worker"  # host:pid of the process running a trial
 RETRY_ATTR = "retry_of"
@@ -57,8 +58,10 @@ def make_sampler(config: Config, seed: int, n_params: int) -> optuna.samplers.Ba
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=1)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    # Multivariate TPE models the interactions between block weights.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, 2 + n_params))
+    # Multivariate TPE models the interactions between block weights; `group` lets it cope with
+    # the smaller space left after screening freezes parameters.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=min(10, 2 + n_params))
 
 
 def make_pruner(config: Config) -> optuna.pruners.BasePruner:
@@ -142,6 +145,9 @@ def _resume_seed(seed: int, n_trials: int) -> int:
 
 def _enqueue_first(config: Config, space: SearchSpace, study: optuna.Study) -> None:
     study.enqueue_trial(space.baseline(), user_attrs={"role": "baseline"}, skip_if_exists=True)
+    if config.search.screen:
+        for role, params in screening_values(space):
+            study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
     for path in config.start:
         recipe = load_recipe(path)
         if len(recipe.loras) != len(config.loras):
