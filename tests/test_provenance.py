@@ -13,7 +13,7 @@ from zsearch.provenance import provenance_metadata
 from zsearch.recipe import LoraWeights, Recipe, parse_recipe
 
 
-def _config(tmp_path):
+def _config(tmp_path, **extra):
     data = {
         "name": "prov",
         "model": "Tongyi-MAI/Z-Image-Turbo",
@@ -23,6 +23,7 @@ def _config(tmp_path):
         "seeds": [3, 4],
         "scorer": {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
         "output": "out/prov",
+        **extra,
     }
     return parse_config(data, tmp_path / "c.yaml")
 
@@ -47,8 +48,10 @@ def test_metadata_records_recipe_scores_prompts_seeds_model_scorers_version(tmp_
     assert read["zsearch.model"] == "Tongyi-MAI/Z-Image-Turbo"
     assert json.loads(read["zsearch.scores"]) == {"train": 0.812, "validation": 0.79, "baseline": 0.774,
                                                   "noise": 0.009, "per_prompt": [0.8, None]}
-    assert json.loads(read["zsearch.prompts"]) == {"train": ["a cat", "a dog"]}
-    assert json.loads(read["zsearch.seeds"]) == {"train": [3, 4]}
+    # The default validation set: the same prompts, seeds the search never used.
+    assert json.loads(read["zsearch.prompts"]) == {"train": ["a cat", "a dog"], "validation": ["a cat", "a dog"]}
+    assert json.loads(read["zsearch.seeds"]) == {"train": [3, 4], "validation": config.validation.seeds_for([3, 4])}
+    assert not set(json.loads(read["zsearch.seeds"])["validation"]) & {3, 4}
     assert json.loads(read["zsearch.scorers"]) == {"clip": "ViT-B-32 (laion2b_s34b_b79k), centroid"}
     assert json.loads(read["zsearch.objective"]) == {"style": 1.0, "prompt": 0.3, "pareto": False}
 
@@ -62,17 +65,20 @@ def test_metadata_records_recipe_scores_prompts_seeds_model_scorers_version(tmp_
     assert replayed.info == {"trial": 7}
 
 
-def test_validation_set_and_identity_scorer_are_recorded_when_the_config_has_them(tmp_path):
-    config = _config(tmp_path)
-
-    # The config as the search sees it once it has a validation block and an identity scorer.
-    fields = ("name", "prompt_list", "seeds", "model", "scorer", "objective", "out_dir")
-    config = SimpleNamespace(**{key: getattr(config, key) for key in fields},
-                             validation=SimpleNamespace(prompts=["a held-out owl"], seeds=[11, 12]),
-                             identity=SimpleNamespace(model="facebook/dinov2-small"))
+def test_a_configured_validation_set_is_recorded(tmp_path):
+    config = _config(tmp_path, validation={"prompts": ["a held-out owl"], "seeds": [11, 12]})
     recipe = Recipe(loras=[LoraWeights(path=tmp_path / "loras" / "style.safetensors", ratio=1.0)])
     metadata = provenance_metadata(config, recipe, {})
     assert json.loads(metadata["zsearch.prompts"]) == {"train": ["a cat", "a dog"], "validation": ["a held-out owl"]}
     assert json.loads(metadata["zsearch.seeds"]) == {"train": [3, 4], "validation": [11, 12]}
-    assert json.loads(metadata["zsearch.scorers"])["identity"] == "facebook/dinov2-small"
     assert json.loads(metadata["zsearch.scores"]) == {}
+
+
+def test_an_identity_scorer_is_named_when_the_config_has_one(tmp_path):
+    config = _config(tmp_path)
+    fields = ("name", "prompt_list", "seeds", "model", "scorer", "objective", "out_dir")
+    view = SimpleNamespace(**{key: getattr(config, key) for key in fields},
+                           identity=SimpleNamespace(model="facebook/dinov2-small"))
+    recipe = Recipe(loras=[LoraWeights(path=tmp_path / "loras" / "style.safetensors", ratio=1.0)])
+    scorers = json.loads(provenance_metadata(view, recipe, {})["zsearch.scorers"])
+    assert scorers == {"clip": "ViT-B-32 (laion2b_s34b_b79k), centroid", "identity": "facebook/dinov2-small"}

@@ -26,12 +26,18 @@ def provenance_metadata(config, recipe: Recipe, scores: dict[str, Any]) -> dict[
     prompts: dict[str, Any] = {"train": list(config.prompt_list)}
     seeds: dict[str, Any] = {"train": list(config.seeds)}
     validation = getattr(config, "validation", None)
-    if validation is not None:  # the held-out set, when the config has one
-        if getattr(validation, "prompts", None) is not None:
-            value = validation.prompts
-            prompts["validation"] = [str(p) for p in value] if isinstance(value, (list, tuple)) else str(value)
-        if getattr(validation, "seeds", None) is not None:
-            seeds["validation"] = list(validation.seeds)
+    if validation is not None:  # the held-out set; by default the same prompts with other seeds
+        held_out = getattr(config, "validation_prompts", None) or getattr(validation, "prompts", None)
+        if isinstance(held_out, (list, tuple)) and held_out:
+            prompts["validation"] = [str(p) for p in held_out]
+        elif held_out:
+            prompts["validation"] = str(held_out)  # a prompts file not read yet
+        else:
+            prompts["validation"] = list(config.prompt_list)
+        seeds_for = getattr(validation, "seeds_for", None)
+        held_seeds = seeds_for(list(config.seeds)) if callable(seeds_for) else getattr(validation, "seeds", None)
+        if held_seeds is not None:
+            seeds["validation"] = list(held_seeds)
     return {
         "zsearch.version": __version__,
         "zsearch.study": config.name,
