@@ -107,7 +107,7 @@ class Validation(_Strict):
 
     prompts: Optional[Union[Path, list[str]]] = None  # default: the search's prompts
     seeds: Optional[list[int]] = None  # default: as many new seeds as the search uses
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=0)  # 0: no validation, best.* follows the training score
 
     def seeds_for(self, train_seeds: list[int]) -> list[int]:
         if self.seeds:

@@ -181,7 +181,7 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
                            gc_after_trial=False)
         if stop.requested:
             log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
-        else:
+        elif config.validation.top_k > 0:
             report_validation(validate(config, study, space, engine, scorer))
     return export_best(config, study, store)
 
