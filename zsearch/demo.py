@@ -25,7 +25,7 @@ import torch
 from .blocks import all_modules, expected_shape
 from .recipe import LoraWeights, Recipe
 
-BUILD_VERSION = "1"  # bump when the demo assets change, so old builds are rebuilt
+BUILD_VERSION = "2"  # bump when the demo assets change, so old builds are rebuilt
 
 # The tiny transformer: same class and block structure as Z-Image-Turbo, width 32.
 TRANSFORMER_CONFIG = dict(
@@ -35,6 +35,8 @@ TRANSFORMER_CONFIG = dict(
 )
 TEXT_HIDDEN = 16  # = cap_feat_dim: the pipeline feeds hidden_states[-2] of the text encoder
 LORA_RANK = 4
+LORA_SEEDS = (100, 101)  # one random LoRA per seed
+CALIBRATION_RENDERS = 8  # renders at random weightings that centre the tiny CLIP's embeddings
 SIZE = 64  # demo renders are SIZE x SIZE (a multiple of 16)
 STEPS = 4
 SEEDS = [1, 2]
@@ -103,10 +105,10 @@ def build_demo(root: Path) -> DemoAssets:
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:
             return assets
         build_tiny_pipeline(assets.model_dir)
-        _build_once(assets.clip_dir, _build_tiny_clip)
         for index, path in enumerate(assets.loras):
             if not path.exists():
-                _write_atomic_file(path, lambda tmp, i=index: _write_demo_lora(tmp, seed=100 + i))
+                _write_atomic_file(path, lambda tmp, i=index: _write_demo_lora(tmp, seed=LORA_SEEDS[i]))
+        _build_once(assets.clip_dir, lambda d: _build_tiny_clip(d, assets.model_dir))
         if not assets.prompts.exists():
             _write_atomic_file(assets.prompts, lambda tmp: tmp.write_text(
                 "# demo prompts, one a line\n" + "\n".join(PROMPTS) + "\n"))
@@ -177,14 +179,41 @@ def _tiny_tokenizer():
 
 # ---------------------------------------------------------------- the tiny CLIP
 
-def _build_tiny_clip(out_dir: Path) -> None:
+def _build_tiny_clip(out_dir: Path, model_dir: Path) -> None:
+    """A random tiny open_clip model, centred on demo renders, saved as a `local-dir:` folder.
+
+    A random CLIP maps every image close to one common direction (all cosines ~0.99), which would
+    make every weighting score alike. Setting the bias of its last LayerNorm to minus the mean
+    pooled feature of some demo renders (at weightings other than the hidden one) centres the
+    embeddings, so cosines spread over [-1, 1] as a trained CLIP's do.
+    """
     import open_clip
+    from diffusers import ZImagePipeline
     from safetensors.torch import save_file
+
+    from .engine.scorer import preprocess
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "open_clip_config.json").write_text(json.dumps(CLIP_CONFIG, indent=2))
     torch.manual_seed(1)
-    model = open_clip.create_model(f"local-dir:{out_dir}")  # random init from the config
+    model = open_clip.create_model(f"local-dir:{out_dir}").eval()  # random init from the config
+
+    pipe = ZImagePipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(7)
+    renders = []
+    for k in range(CALIBRATION_RENDERS):  # random weightings, prompts and seeds (none of SEEDS)
+        factors = (torch.rand(len(LORA_SEEDS), generator=generator) * 1.5).tolist()
+        with _fused(pipe.transformer, [{path: f for path in demo_lora_tensors(seed)}
+                                       for f, seed in zip(factors, LORA_SEEDS)]):
+            renders.append(render_plain(pipe, PROMPTS[k % len(PROMPTS)], 1000 + k, SIZE, SIZE, STEPS))
+    captured = {}
+    hook = model.visual.ln_post.register_forward_hook(lambda module, args, out: captured.update(out=out))
+    with torch.no_grad():
+        model.encode_image(preprocess(torch.stack(renders), dict(model.visual.preprocess_cfg)))
+        hook.remove()
+        pooled = captured["out"][:, 0]  # the class token: this config pools by token
+        model.visual.ln_post.bias -= pooled.mean(dim=0)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))
 
@@ -230,30 +259,39 @@ def _render_references(assets: DemoAssets, out_dir: Path) -> None:
     from PIL import Image
 
     pipe = ZImagePipeline.from_pretrained(assets.model_dir)
-    transformer = pipe.transformer
-    with torch.no_grad():
-        for path, weights in zip(assets.loras, assets.hidden_recipe.loras):
-            tensors = demo_lora_tensors(seed=100 + assets.loras.index(path))
-            scales = weights.module_scales(tensors)
-            for module_path, (down, up) in tensors.items():
-                linear = transformer.get_submodule(module_path)
-                linear.weight += scales[module_path] * (up @ down)
+    pipe.set_progress_bar_config(disable=True)
+    scales = [weights.module_scales(demo_lora_tensors(seed))
+              for weights, seed in zip(assets.hidden_recipe.loras, LORA_SEEDS)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p, prompt in enumerate(PROMPTS):
-        for seed in SEEDS:
-            image = render_plain(pipe, prompt, seed, SIZE, SIZE, STEPS)
-            array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            Image.fromarray(array).save(out_dir / f"ref_p{p}_s{seed}.png")
+    with _fused(pipe.transformer, scales):
+        for p, prompt in enumerate(PROMPTS):
+            for seed in SEEDS:
+                image = render_plain(pipe, prompt, seed, SIZE, SIZE, STEPS)
+                array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                Image.fromarray(array).save(out_dir / f"ref_p{p}_s{seed}.png")
 
 
-def initial_latents(seed: int, channels: int, height: int, width: int, vae_scale: int = 8) -> torch.Tensor:
-    """The starting noise of one image, drawn on the CPU so it is the same on every device."""
-    shape = (1, channels, 2 * (height // (vae_scale * 2)), 2 * (width // (vae_scale * 2)))
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+@contextmanager
+def _fused(transformer, scales: list[dict[str, float]]):
+    """The demo LoRAs fused into the weights at per-module `scales` (one dict per LoRA), then undone."""
+    original = {path: transformer.get_submodule(path).weight.detach().clone()
+                for per_lora in scales for path in per_lora}
+    with torch.no_grad():
+        for per_lora, seed in zip(scales, LORA_SEEDS):
+            for path, (down, up) in demo_lora_tensors(seed).items():
+                transformer.get_submodule(path).weight += per_lora[path] * (up @ down)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for path, weight in original.items():
+                transformer.get_submodule(path).weight.copy_(weight)
 
 
 def render_plain(pipe, prompt: str, seed: int, height: int, width: int, steps: int) -> torch.Tensor:
     """One image (3,H,W) in [0,1] from a pipeline with its text encoder, noise as the engine draws it."""
+    from .engine.render import initial_latents
+
     latents = initial_latents(seed, pipe.transformer.config.in_channels, height, width, pipe.vae_scale_factor)
     result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=0.0,
                   latents=latents, output_type="pt")
