@@ -1,0 +1,22 @@
+"""`zsearch report <config>`: the morning-after page of a study (Markdown + HTML + PNG plots)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write results/<name>/report/: summary, plots, validation, best grid")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from ..report import write_report
+    config = load_config(args.config)
+    index = write_report(config)
+    print(f"report: {index}\n        {index.with_suffix('.html')}")
+    return 0

@@ -1,0 +1,364 @@
+"""The report's sections, as plain sentences with the numbers, for someone who slept through the run.
+
+Each section is always present; when its data is missing it says so in one line and how to get it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from optuna.trial import FrozenTrial
+
+from . import plots
+from .facts import StudyFacts, duration, is_screening, trial_score
+from .page import Block, Heading, Image, Para, Table
+
+HEADINGS = {
+    "summary": "Summary",
+    "history": "Optimisation history",
+    "importance": "Parameter importance",
+    "effects": "Effect of each component and band",
+    "validation": "Train vs validation",
+    "grid": "Baseline vs best",
+}
+MIN_TRIALS_FOR_IMPORTANCE = 50  # PED-ANOVA wants >= 5 trials in its top 10 %
+
+
+def f4(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def _trial(trial: Optional[FrozenTrial]) -> str:
+    return "none" if trial is None else f"trial {trial.number}"
+
+
+# ---------------------------------------------------------------- summary
+
+def summary(facts: StudyFacts, config_path: str, best_yaml_trial: Optional[int], out_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(2, HEADINGS["summary"])]
+    blocks.append(Para(_trials_sentence(facts)))
+    if facts.best is None:
+        blocks.append(Para("No trial has completed yet, so there is no best weighting to report; "
+                           f"`zsearch run {config_path}` continues the study."))
+        return blocks
+    blocks.append(Para(_pareto_sentence(facts) + _gain_sentence(facts) if facts.pareto else _gain_sentence(facts)))
+    blocks.append(Para(_noise_sentence(facts, config_path)))
+    blocks.append(Para(_validation_sentence(facts, config_path)))
+    if best_yaml_trial is None:
+        blocks.append(Para(f"No best.yaml in {out_dir} yet; `zsearch best {config_path}` writes best.yaml, "
+                           f"best.safetensors and best.png."))
+    else:
+        note = "" if best_yaml_trial == facts.best.number else (
+            f" (this report's pick is trial {facts.best.number}; `zsearch best {config_path}` brings them up to date)")
+        blocks.append(Para(f"best.yaml and best.safetensors in {out_dir} hold trial {best_yaml_trial}{note}."))
+    blocks.append(_key_numbers(facts))
+    return blocks
+
+
+def _trials_sentence(facts: StudyFacts) -> str:
+    c = facts.counts
+    finished = c["complete"] + c["pruned"] + c["failed"]
+    if not facts.trials:
+        return f"Study `{facts.name}` has no trials yet."
+    parts = [f"{c['complete']} complete" + (f" ({facts.screening_trials} of them screening)"
+                                            if facts.screening_trials else ""),
+             f"{c['pruned']} pruned", f"{c['failed']} failed"]
+    text = f"Study `{facts.name}`: {finished} trials finished — {', '.join(parts)}"
+    if facts.fail_reasons:
+        text += " (" + "; ".join(f"{reason} ×{n}" for reason, n in facts.fail_reasons.items()) + ")"
+    text += "."
+    if c["running"] or c["waiting"]:
+        text += f" {c['running']} running and {c['waiting']} waiting."
+    text += f" Time spent: {duration(facts.wall_seconds)} of wall time"
+    if facts.trial_seconds is not None:
+        text += f", {duration(facts.trial_seconds)} per complete trial"
+    if facts.workers > 1:
+        text += f", {facts.workers} workers"
+    return text + "."
+
+
+def _pareto_sentence(facts: StudyFacts) -> str:
+    w_style, w_prompt = facts.objective_weights
+    best = facts.best
+    text = (f"This study optimises two objectives, style and prompt. Weighted by the objective "
+            f"(style {w_style:g}, prompt {w_prompt:g}), the pick from the Pareto front is trial {best.number}: "
+            f"style {f4(best.values[0])}, prompt {f4(best.values[1])}")
+    if facts.baseline is not None:
+        text += f" (plain stacking: style {f4(facts.baseline.values[0])}, prompt {f4(facts.baseline.values[1])})"
+    return text + ". "
+
+
+def _gain_sentence(facts: StudyFacts) -> str:
+    best, base = facts.best, facts.baseline
+    score = trial_score(best)
+    what = "The picked weighting" if facts.validation_current and facts.validation else "The best weighting"
+    if base is None:
+        return (f"{what} ({_trial(best)}) scores {f4(score)}; the baseline (plain stacking) has not completed, "
+                f"so there is nothing to compare it with.")
+    if best.number == base.number:
+        return (f"No weighting beat plain stacking: the baseline ({_trial(base)}, score {f4(score)}) is still "
+                f"the best.")
+    gain = facts.gain
+    text = f"{what} ({_trial(best)}) scores {f4(score)} vs {f4(trial_score(base))} for plain stacking ({signed(gain)}"
+    ratio = facts.gain_in_noise
+    if ratio is None:
+        return text + ")."
+    text += f", {ratio:.1f}× the baseline's seed noise). "
+    if ratio >= 2:
+        text += "That is well outside the noise: a real improvement on the training prompts and seeds."
+    elif ratio >= 1:
+        text += "That is above the noise but within 2σ of it: suggestive, not conclusive."
+    else:
+        text += "That is within the noise: nothing clearly better than plain stacking was found."
+    return text
+
+
+def _noise_sentence(facts: StudyFacts, config_path: str) -> str:
+    n = facts.noise
+    if n is None:
+        return (f"The baseline's seed noise was not measured, so no gain can be weighed against it "
+                f"(set `noise: {{repeats: 3}}` in {config_path}).")
+    scores = ", ".join(f4(s) for s in n.scores)
+    sets = f" on {len(n.scores)} seed sets ({scores})" if n.scores else ""
+    return f"Seed noise: the baseline scored a mean of {f4(n.mean)}{sets}; standard deviation σ = {f4(n.std)}."
+
+
+def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
+    v = facts.validation
+    if v is None:
+        return (f"Held-out validation has not run for this study yet; it runs at the end of `zsearch run`, "
+                f"or now with `zsearch validate {config_path}`.")
+    where = "held-out prompts and seeds"
+    details = []
+    if v.prompts is not None:
+        details.append(f"{v.prompts} prompt{'s' if v.prompts != 1 else ''}")
+    if v.seeds:
+        details.append("seeds " + ", ".join(map(str, v.seeds)))
+    if details:
+        where += f" ({'; '.join(details)})"
+    if not facts.validation_current:
+        return (f"Validation is out of date: the training best ({_trial(facts.train_best)}) was found after it ran, "
+                f"so best.* follow the training score for now; `zsearch validate {config_path}` re-runs it.")
+    chosen = facts.validation_row(facts.best)
+    text = f"On {where} {_trial(facts.best)} scores {f4(chosen.validation if chosen else None)}"
+    if v.baseline is not None and chosen is not None:
+        text += f" vs {f4(v.baseline)} for plain stacking ({signed(chosen.validation - v.baseline)})"
+    text += "."
+    if facts.train_best is not None and facts.best.number != facts.train_best.number:
+        lost = facts.validation_row(facts.train_best)
+        text += (f" Validation chose it over the training best ({_trial(facts.train_best)}), which scored "
+                 f"{f4(lost.train if lost else None)} on training but {f4(lost.validation if lost else None)} "
+                 f"held out.")
+    return text
+
+
+def _key_numbers(facts: StudyFacts) -> Table:
+    chosen = facts.validation_row(facts.best) if facts.validation_current else None
+    rows = [
+        ["best trial", str(facts.best.number) if facts.best else "n/a"],
+        ["best score", f4(facts.score(facts.best))],
+        ["baseline score", f4(facts.score(facts.baseline))],
+        ["gain", signed(facts.gain) if facts.gain is not None else "n/a"],
+        ["seed noise σ", f4(facts.noise.std) if facts.noise else "not measured"],
+        ["gain / σ", f"{facts.gain_in_noise:.1f}" if facts.gain_in_noise is not None else "n/a"],
+        ["validation score (best)", f4(chosen.validation) if chosen else "n/a"],
+        ["validation score (baseline)", f4(facts.validation.baseline) if facts.validation else "n/a"],
+        ["trials complete / pruned / failed",
+         f"{facts.counts['complete']} / {facts.counts['pruned']} / {facts.counts['failed']}"],
+        ["wall time", duration(facts.wall_seconds)],
+    ]
+    return Table(["", "value"], rows)
+
+
+# ---------------------------------------------------------------- history
+
+def history(facts: StudyFacts, folder: Path, front: list[FrozenTrial]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, HEADINGS["history"])]
+    if facts.pareto:
+        if not plots.pareto(facts, front, folder / "pareto.png"):
+            return blocks + [Para("No complete trial yet: nothing to plot.")]
+        return blocks + [
+            Para(f"Every complete trial's style and prompt scores; the {len(front)} trials on the Pareto front "
+                 f"(none beats them on both) are joined in red. A two-objective study has no single history: "
+                 f"this plot replaces it."),
+            Image("pareto.png", "Pareto front"),
+        ]
+    if not plots.history(facts, folder / "history.png"):
+        return blocks + [Para("No complete trial yet: nothing to plot.")]
+    complete = sorted(facts.complete, key=lambda t: t.number)
+    text = (f"Each dot is one complete trial's score; the red line is the best so far, the dashed line the "
+            f"baseline (plain stacking)")
+    text += " and the grey band its ±1σ seed noise." if facts.noise else "."
+    if facts.train_best is not None:
+        since = sum(1 for t in complete if t.number > facts.train_best.number)
+        text += (f" The best training score was reached at trial {facts.train_best.number}; "
+                 f"{since} complete trial{'s' if since != 1 else ''} since brought no improvement.")
+    base = facts.score(facts.baseline)
+    if base is not None:
+        threshold = base + (facts.noise.std if facts.noise else 0.0)
+        above = sum(1 for t in complete if t is not facts.baseline and trial_score(t) > threshold)
+        what = "above the baseline's noise band" if facts.noise else "above the baseline"
+        text += f" {above} of {len(complete) - 1} other complete trials scored {what}."
+    return blocks + [Para(text), Image("history.png", "optimisation history")]
+
+
+# ---------------------------------------------------------------- importance
+
+def importance(facts: StudyFacts, folder: Path, importances: Optional[dict[str, float]],
+               error: Optional[str]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, HEADINGS["importance"])]
+    n = len(facts.complete)
+    if error is not None:
+        return blocks + [Para(f"Parameter importance could not be computed: {error}.")]
+    if not importances:
+        return blocks + [Para(f"Not enough complete trials ({n}) to estimate parameter importance; "
+                              f"it needs at least 2, and {MIN_TRIALS_FOR_IMPORTANCE} for a stable ranking.")]
+    plots.importance(importances, folder / "importance.png")
+    total = sum(importances.values())
+    if total <= 0:
+        text = (f"Over {n} complete trials PED-ANOVA found no parameter that sets the top 10 % of trials apart "
+                f"(every importance is 0): too few trials, or a flat score.")
+    else:
+        top = [(name, value) for name, value in importances.items() if value > 0][:3]
+        share = sum(v for _, v in top) / total
+        names = ", ".join(f"{name} ({value:.2f})" for name, value in top)
+        text = (f"Over {n} complete trials, PED-ANOVA (how differently each parameter is distributed in the top "
+                f"10 % of trials than in the rest) ranks highest: {names}; "
+                f"{'these' if len(top) > 1 else 'it'} carry {share:.0%} of the importance.")
+    if n < MIN_TRIALS_FOR_IMPORTANCE:
+        text += f" With fewer than {MIN_TRIALS_FOR_IMPORTANCE} trials, treat the ranking as rough."
+    frozen = [name for name, row in facts.screening.items() if row.frozen and name not in importances]
+    if frozen:
+        text += f" Parameters frozen by screening are not ranked ({len(frozen)}: {', '.join(frozen)})."
+    return blocks + [Para(text), Image("importance.png", "parameter importance")]
+
+
+# ---------------------------------------------------------------- effects
+
+def effects(facts: StudyFacts, folder: Path, order: list[str]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, HEADINGS["effects"])]
+    if facts.screening and plots.screening(facts, folder / "screening.png"):
+        frozen = [name for name, row in facts.screening.items() if row.frozen]
+        strongest = sorted(((n, r) for n, r in facts.screening.items() if not r.frozen),
+                           key=lambda kv: -kv[1].effect)[:3]
+        base = facts.score(facts.baseline)
+        text = (f"Screening moved each of {len(facts.screening)} parameters alone to the low and high end of its "
+                f"range, all others at the baseline.")
+        if frozen:
+            text += (f" {len(frozen)} stayed within the noise band and were frozen at their baseline value for "
+                     f"the main search: {', '.join(frozen)}.")
+        else:
+            text += " Every parameter moved the score by more than the noise band; none was frozen."
+        if strongest:
+            text += " Largest effects: " + ", ".join(
+                f"{name} ({_screen_change(row, base)})" for name, row in strongest) + "."
+        blocks += [Para(text), Image("screening.png", "screening effects")]
+    else:
+        blocks.append(Para("No screening ran for this study (`search: {screen: true}` runs one before the main "
+                           "search); the slice plots below show each parameter's effect instead."))
+    if plots.slices(facts, order, folder / "slices.png"):
+        shown = min(len(order), plots.MAX_SLICES)
+        more = f" (the {shown} most important of {len(order)})" if len(order) > shown else ""
+        blocks += [Para(f"Score against each parameter{more}: a clear slope or peak means the parameter matters; "
+                        f"a flat cloud means it does not. Dashed: the baseline's value; ★: the best trial."),
+                   Image("slices.png", "slice plots")]
+    else:
+        blocks.append(Para("No complete trial with parameters yet: no slice plots."))
+    if facts.best is not None and facts.best.params:
+        blocks.append(_best_values_table(facts, order))
+    return blocks
+
+
+def _screen_change(row, base: Optional[float]) -> str:
+    if base is None:
+        return f"effect {row.effect:.4f}"
+    ends = [(label, value - base) for label, value in (("low", row.low), ("high", row.high)) if value is not None]
+    label, change = max(ends, key=lambda e: abs(e[1])) if ends else ("?", row.effect)
+    return f"{signed(change)} at its {label} end"
+
+
+def _best_values_table(facts: StudyFacts, order: list[str]) -> Table:
+    base = facts.baseline.params if facts.baseline is not None else {}
+    names = list(dict.fromkeys([*order, *facts.best.params]))
+    rows = []
+    for name in names:
+        if name not in facts.best.params:
+            continue
+        low_high = facts.space.get(name)
+        value = facts.best.params[name]
+        frozen = facts.screening.get(name)
+        rows.append([name, f"[{low_high[0]:g}, {low_high[1]:g}]" if low_high else "",
+                     f"{base[name]:.3f}" if name in base else "", f"{value:.3f}",
+                     "frozen" if frozen is not None and frozen.frozen else ""])
+    return Table(["parameter", "range", "baseline", f"best (trial {facts.best.number})", "note"], rows)
+
+
+# ---------------------------------------------------------------- validation
+
+def validation(facts: StudyFacts, folder: Path, config_path: str) -> list[Block]:
+    blocks: list[Block] = [Heading(2, HEADINGS["validation"])]
+    v = facts.validation
+    if v is None:
+        return blocks + [Para(f"No validation data: held-out validation has not run yet "
+                              f"(`zsearch validate {config_path}`).")]
+    plots.validation(facts, folder / "validation.png")
+    rows = []
+    for r in sorted(v.rows, key=lambda r: (not r.baseline, -r.validation)):
+        notes = []
+        if r.trial == v.chosen:
+            notes.append("chosen")
+        if facts.train_best is not None and r.trial == facts.train_best.number:
+            notes.append("training best")
+        rows.append([str(r.trial), "baseline" if r.baseline else "top trial", f4(r.train), f4(r.validation),
+                     signed(r.gap), ", ".join(notes)])
+    table = Table(["trial", "role", "train", "validation", "gap (train − validation)", "note"], rows)
+    tops = [r for r in v.rows if not r.baseline]
+    base = next((r for r in v.rows if r.baseline), None)
+    text = "Each trial below was re-rendered and re-scored on prompts and seeds the search never saw."
+    if tops and base is not None:
+        mean_gap = statistics.fmean(r.gap for r in tops)
+        excess = mean_gap - base.gap
+        text += (f" The top {len(tops)} trials lose {f4(mean_gap)} on average between training and held-out "
+                 f"scores; the baseline loses {f4(base.gap)}.")
+        if facts.noise is not None and facts.noise.std > 0:
+            if excess > facts.noise.std:
+                text += (f" The extra {f4(excess)} is more than the noise σ ({f4(facts.noise.std)}): the search "
+                         f"partly fitted the training seeds, which is why best.* follow the validation score.")
+            else:
+                text += f" The difference ({signed(excess)}) is within the noise σ ({f4(facts.noise.std)}): no sign of overfitting."
+    return blocks + [Para(text), table, Image("validation.png", "train vs validation")]
+
+
+# ---------------------------------------------------------------- the grid
+
+def grid(facts: StudyFacts, best_png: Optional[Path], config_path: str) -> list[Block]:
+    blocks: list[Block] = [Heading(2, HEADINGS["grid"])]
+    if best_png is None:
+        blocks.append(Para(f"No best.png yet; `zsearch best {config_path}` draws it (baseline row vs best row)."))
+    else:
+        blocks += [Para("Top: plain stacking (the baseline); bottom: the best weighting; one column per prompt, "
+                        "the seeds below each other."), Image("best.png", "baseline vs best")]
+    table = _per_prompt(facts)
+    if table is not None:
+        blocks.append(table)
+    return blocks
+
+
+def _per_prompt(facts: StudyFacts) -> Optional[Table]:
+    def scores(trial):
+        values = trial.user_attrs.get("per_prompt") if trial is not None else None
+        return values if isinstance(values, list) else None
+
+    best, base = scores(facts.best), scores(facts.baseline)
+    if best is None or base is None or len(best) != len(base):
+        return None
+    prompts = facts.prompts if len(facts.prompts) == len(best) else [f"prompt {i}" for i in range(len(best))]
+    rows = [[prompt, f4(b0), f4(b1), signed(b1 - b0)] for prompt, b0, b1 in zip(prompts, base, best)]
+    return Table(["prompt", "baseline", f"best (trial {facts.best.number})", "change"], rows)
+
