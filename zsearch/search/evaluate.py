@@ -41,8 +41,9 @@ class Evaluation:
         return sum(self.combined) / len(self.combined)
 
 
-def make_jobs(prompts: list[str], seeds: list[int]) -> list[Job]:
-    return [Job(i, prompt, seed) for i, prompt in enumerate(prompts) for seed in seeds]
+def make_jobs(prompts: list[str], seeds: list[int], engine_prompts: list[str]) -> list[Job]:
+    """Jobs in prompt-major order; `prompt_index` points into the engine's prompt embeddings."""
+    return [Job(engine_prompts.index(prompt), prompt, seed) for prompt in prompts for seed in seeds]
 
 
 class Evaluator:
@@ -54,7 +55,8 @@ class Evaluator:
         self.engine = engine
         self.scorer = scorer
         self.prompts = prompts if prompts is not None else config.prompt_list
-        self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds)
+        self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)
+        self._local = {prompt: i for i, prompt in enumerate(self.prompts)}  # prompt -> row of the scores
 
     def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None) -> Evaluation:
         """`report(prompt_index, combined_score)` is called as each prompt completes; it may raise."""
@@ -75,7 +77,7 @@ class Evaluator:
             start = time.perf_counter()
             try:
                 batch = self.engine.render(chunk, steps=render.steps, width=render.width,
-                                           height=render.height, batch=render.batch)
+                                           height=render.height, batch=render.batch, guidance=render.guidance)
             except torch.OutOfMemoryError:
                 raise TrialFailed("CUDA out of memory even at batch size 1; lower render.width/height") from None
             seconds["render"] += time.perf_counter() - start
@@ -86,10 +88,10 @@ class Evaluator:
             seconds["score"] += time.perf_counter() - start
             images.append(batch.detach().float().cpu())
             for job, s, p in zip(chunk, scores["style"].tolist(), scores["prompt"].tolist()):
-                style[job.prompt_index].append(s)
-                prompt[job.prompt_index].append(p)
-                if len(style[job.prompt_index]) == per_prompt_jobs:
-                    i = job.prompt_index
+                i = self._local[job.prompt]
+                style[i].append(s)
+                prompt[i].append(p)
+                if len(style[i]) == per_prompt_jobs:
                     combined[i] = weights.style * _mean(style[i]) + weights.prompt * _mean(prompt[i])
                     if report is not None:
                         report(i, combined[i])

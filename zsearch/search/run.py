@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -38,7 +40,8 @@ def load_engine(config: Config):
     from ..engine import Engine
     from ..lora.read import load_loras
     loras = load_loras([lora.path for lora in config.loras])
-    return Engine(config.model, loras, config.prompt_list, device=config.device,
+    prompts = list(dict.fromkeys([*config.prompt_list, *config.validation_prompts]))
+    return Engine(config.model, loras, prompts, device=config.device,
                   way=config.render.way, cache_dir=config.cache_dir)
 
 
@@ -122,14 +125,29 @@ class Objective:
 
 
 def _setup_log(config: Config) -> None:
+    """Everything into results/<name>/zsearch.log; warnings also on the terminal."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(config.out_dir / "zsearch.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_file = logging.FileHandler(config.out_dir / "zsearch.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setLevel(logging.WARNING)
+    to_terminal.setFormatter(logging.Formatter("zsearch: %(message)s"))
     for name in ("zsearch", "optuna"):
         logger = logging.getLogger(name)
-        logger.addHandler(handler)
+        for old in [h for h in logger.handlers if getattr(h, "_zsearch", False)]:
+            logger.removeHandler(old)  # a previous run in this process
+            old.close()
+        for handler in (to_file, to_terminal) if name == "zsearch" else (to_file,):
+            handler._zsearch = True
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    optuna.logging.disable_default_handler()  # the progress bar speaks on the terminal
+        logger.propagate = False  # the progress bar speaks on the terminal; the log file has the rest
+    optuna.logging.disable_default_handler()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    import diffusers
+    import transformers
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
@@ -219,13 +237,13 @@ def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
     from ..engine.render import save_pngs
     prepare(config)
     engine = load_engine(config)
-    evaluator_jobs = Evaluator(config, engine, scorer=None).jobs
+    jobs = Evaluator(config, engine, scorer=None).jobs
     engine.set_recipe(recipe)
     r = config.render
-    images = torch.cat([engine.render(evaluator_jobs[i:i + r.batch], steps=r.steps, width=r.width,
-                                      height=r.height, batch=r.batch)
-                        for i in range(0, len(evaluator_jobs), r.batch)]).float().cpu()
-    paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in evaluator_jobs]
+    images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width,
+                                      height=r.height, batch=r.batch, guidance=r.guidance)
+                        for i in range(0, len(jobs), r.batch)]).float().cpu()
+    paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in jobs]
     out_dir.mkdir(parents=True, exist_ok=True)
     save_pngs(images, paths)
     grid = out_dir / "grid.png"

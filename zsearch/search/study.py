@@ -99,10 +99,10 @@ def recover_orphans(study: optuna.Study) -> int:
         if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
             continue
         try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker process died")
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except RuntimeError:  # another worker got there first
+        except RuntimeError:  # another worker got there first (UpdateFinishedTrialError)
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker process died")
         study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number}, skip_if_exists=False)
         recovered += 1
     return recovered
