@@ -15,3 +15,15 @@ def demo_assets(tmp_path_factory):
     from zsearch.demo import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module: the tiny models gain nothing from more, and on a busy
+    2-core machine a second spinning thread makes small matmuls hundreds of times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
