@@ -25,7 +25,7 @@ import torch
 from .blocks import all_modules, expected_shape
 from .recipe import LoraWeights, Recipe
 
-BUILD_VERSION = "2"  # bump when the demo assets change, so old builds are rebuilt
+BUILD_VERSION = "3"  # bump when the demo assets change, so old builds are rebuilt
 
 # The tiny transformer: same class and block structure as Z-Image-Turbo, width 32.
 TRANSFORMER_CONFIG = dict(
@@ -100,7 +100,7 @@ def build_demo(root: Path) -> DemoAssets:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     assets = _assets(root)
-    with _lock(root / ".lock"):
+    with _lock(root / ".lock"), _one_thread():
         stamp = root / ".complete"
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:
             return assets
@@ -148,9 +148,8 @@ def _save_tiny_pipeline(out_dir: Path) -> None:
         transformer.cap_pad_token.copy_(torch.randn_like(transformer.cap_pad_token))
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,  # 8x down, as Flux's VAE
         scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
     )
     text_encoder = Qwen3Model(Qwen3Config(
@@ -299,6 +298,17 @@ def render_plain(pipe, prompt: str, seed: int, height: int, width: int, steps: i
 
 
 # ---------------------------------------------------------------- helpers
+
+@contextmanager
+def _one_thread():
+    """Tiny models gain nothing from more threads, and on a busy machine lose a lot to them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 @contextmanager
 def _lock(path: Path):
