@@ -89,7 +89,8 @@ def test_a_weighting_that_wins_only_on_training_seeds_is_not_picked(tmp_path, de
 
 def _screened_study(config, space, effects: dict[str, float], std: float):
     """A study holding a baseline at 0.5 and screening trials with the given effects."""
-    study = optuna.create_study(study_name=config.name, storage=config.storage_url, direction="maximize")
+    from zsearch.search.study import make_storage
+    study = optuna.create_study(study_name=config.name, storage=make_storage(config), direction="maximize")
     dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
     study.add_trial(create_trial(params=space.baseline(), value=0.5, distributions=dists,
                                  user_attrs={"role": "baseline", "score": 0.5}))
