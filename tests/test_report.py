@@ -277,3 +277,35 @@ def test_report_command_writes_the_report(tmp_path, capsys):
     assert index.is_file() and (config.out_dir / "report" / "index.html").is_file()
     assert str(index) in capsys.readouterr().out
     assert open_existing_study(config).study_name == "cli"
+
+
+def test_report_from_a_finished_demo_study(tmp_path, demo_assets):
+    """The whole path: `zsearch run` on the tiny demo (noise and validation on), then the report.
+
+    Renders are made smaller and shorter than the demo's: the report reads scores, not pictures."""
+    path = demo_config(tmp_path, demo_assets, search={"trials": 3}, noise={"repeats": 1},
+                       validation={"top_k": 1}, render={"steps": 2, "width": 32, "height": 32})
+    run = zsearch("run", path, "--no-progress")
+    assert run.returncode == 0, run.stderr[-2000:]
+    config = parse_config(yaml.safe_load(path.read_text()), path)
+    assert main(["report", str(path)]) == 0
+    folder = config.out_dir / "report"
+    text = (folder / "index.md").read_text()
+    for heading in HEADINGS.values():
+        assert f"\n## {heading}\n" in text, heading
+    for png in ("history.png", "importance.png", "slices.png", "validation.png", "best.png"):
+        _png_ok(folder / png)
+        assert f"]({png})" in text
+    assert (folder / "best.png").read_bytes() == (config.out_dir / "best.png").read_bytes()
+
+    study = open_existing_study(config)
+    best_trial = yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]["trial"]
+    best = study.trials[best_trial]
+    baseline = next(t for t in study.trials if t.user_attrs.get("role") == "baseline")
+    assert _number_after(text, "best trial") == best_trial
+    assert _number_after(text, "best score") == pytest.approx(best.user_attrs["score"], abs=5e-5)
+    assert _number_after(text, "baseline score") == pytest.approx(baseline.user_attrs["score"], abs=5e-5)
+    assert _number_after(text, "seed noise σ") == pytest.approx(study.user_attrs["noise"]["std"], abs=5e-5)
+    validation = study.user_attrs["validation"]
+    assert _number_after(text, "validation score (baseline)") == pytest.approx(validation["baseline"], abs=5e-5)
+    assert f"best.yaml and best.safetensors in {config.out_dir} hold trial {best_trial}." in text
