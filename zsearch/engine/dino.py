@@ -151,8 +151,8 @@ class DinoScorer:
         return _encode(self.model, self.steps, list(images), self.device)
 
     def score(self, images: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
-        """Identity score per image; `prompts` is accepted (and ignored) to match the CLIP scorer."""
-        return {"identity": (self.embed(images) @ self.centroid).float().cpu()}
+        """{"identity": (N,)} cosines in [-1, 1]; `prompts` is accepted (and ignored) to match the CLIP scorer."""
+        return {"identity": (self.embed(images) @ self.centroid).float().clamp(-1, 1)}
 
 
 @torch.no_grad()
