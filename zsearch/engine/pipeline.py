@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import UserError
 
@@ -66,7 +67,7 @@ def _as_user_error(model: str):
     """Turn diffusers' / the hub's "cannot find it" exceptions into one line that says what to do."""
     try:
         yield
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         if is_local(model):
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
             raise UserError(f"model folder '{model}' cannot be loaded ({first}); re-download it or fix the folder") \
@@ -79,12 +80,20 @@ def _as_user_error(model: str):
 
 @contextmanager
 def _quiet_hub():
-    """diffusers logs "Couldn't connect to the Hub..." over several lines before failing: hush it."""
+    """Loading logs "Couldn't connect to the Hub..." over several lines before failing, and draws
+    progress bars for a few seconds' work: hush both, so a failure reads as one line."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    before = diffusers_logging.get_verbosity()
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(before)
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
