@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from pathlib import Path
 
 import optuna
@@ -18,7 +17,7 @@ from search_helpers import demo_config, zsearch
 from zsearch.cli import main
 from zsearch.config import parse_config
 from zsearch.report import open_existing_study, write_report
-from zsearch.report.facts import gather
+from zsearch.report.facts import duration, gather
 from zsearch.report.sections import HEADINGS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,6 +132,11 @@ def _number_after(text: str, label: str) -> float:
     return float(match.group(1))
 
 
+def test_duration_reads_like_a_clock():
+    assert [duration(s) for s in (0.42, 41, 192, 27720, None)] == ["0.4 s", "41 s", "3 min 12 s", "7 h 42 min",
+                                                                  "unknown"]
+
+
 def test_report_from_a_full_study_has_every_section_and_the_study_s_numbers(tmp_path):
     config, path = _config(tmp_path)
     study = build_study(config, n_trials=60)
@@ -174,6 +178,9 @@ def test_report_from_a_full_study_has_every_section_and_the_study_s_numbers(tmp_
     counts = re.search(r"\| trials complete / pruned / failed \| (\d+) / (\d+) / (\d+) \|", text).groups()
     assert tuple(map(int, counts)) == (len(complete), 2, 1)
     assert "CUDA out of memory even at batch size 1 ×1" in text
+    wall = (max(t.datetime_complete for t in trials if t.datetime_complete)
+            - min(t.datetime_start for t in trials if t.datetime_start)).total_seconds()
+    assert f"| wall time | {duration(wall)} |" in text
     # The plain sentence, with the same numbers.
     gain = chosen.value - baseline.value
     assert (f"scores {chosen.value:.4f} vs {baseline.value:.4f} for plain stacking "

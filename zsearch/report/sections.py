@@ -12,7 +12,7 @@ from typing import Optional
 from optuna.trial import FrozenTrial
 
 from . import plots
-from .facts import StudyFacts, duration, is_screening, trial_score
+from .facts import StudyFacts, duration, trial_score
 from .page import Block, Heading, Image, Para, Table
 
 HEADINGS = {
