@@ -30,12 +30,12 @@ def rss_kb():  # resident set size now (the peak below is ru_maxrss, the high-wa
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 base = rss_kb()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 with contextlib.redirect_stdout(io.StringIO()) as out:
     code = main(sys.argv[2:])
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"code": code, "seconds": seconds, "base_mb": base / 1024, "peak_mb": peak / 1024,
+print(json.dumps({"code": code, "seconds": seconds, "cpu": cpu, "base_mb": base / 1024, "peak_mb": peak / 1024,
                   "stdout": out.getvalue()[-300:]}))
 """
 
@@ -99,17 +99,17 @@ def main() -> None:
             ("--rank 32 merge a + b + c_r128", ["merge", a, b, c, "--ratio", "1", "--rank", "32",
                                                  "-o", folder / "r3.safetensors"], three_mb),
         ]
-        print(f"\n{'operation':34} {'seconds':>8} {'peak RSS':>10} {'above base':>11} {'inputs':>8} "
+        print(f"\n{'operation':34} {'seconds':>8} {'cpu s':>6} {'peak RSS':>10} {'above base':>11} {'inputs':>8} "
               f"{'peak/inputs':>12}")
         results = {}
         for label, argv, inputs_mb in operations:
             info = run_child(argv, args.threads)
             results[label] = (info, inputs_mb)
             above = info["peak_mb"] - info["base_mb"]
-            print(f"{label:34} {info['seconds']:8.2f} {info['peak_mb']:8.0f}MB {above:9.0f}MB {inputs_mb:6.0f}MB "
+            print(f"{label:34} {info['seconds']:8.2f} {info['cpu']:6.2f} {info['peak_mb']:8.0f}MB {above:9.0f}MB {inputs_mb:6.0f}MB "
                   f"{info['peak_mb'] / inputs_mb:11.2f}x")
             if "rank 32" in label:
-                print(f"{'':34} {info['stdout'].strip().split(': ', 1)[-1]}")
+                print(f"{'':34}   {info['stdout'].strip().split(': ', 1)[-1]}")
 
         info, inputs_mb = results["exact merge a_r32 + b_r32"]
         print("\ntargets (exact merge of two rank-32 LoRAs):")

@@ -264,3 +264,4 @@ def test_metadata_records_sources_recipe_and_version_and_replays(tmp_path):
     replay.write_text(meta["zsearch.recipe"])
     again, _ = merge_recipe(load_recipe(replay))
     assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
+

@@ -113,9 +113,10 @@ def merge_recipe(recipe: Recipe, rank: int | None = None, dtype: torch.dtype | N
 
 
 def concat_terms(terms: list[tuple[float, LoraModule]], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact: A' = [A1; A2; ...], B' = [s1 B1, s2 B2, ...] (scales folded into B in float32)."""
+    """Exact: A' = [A1; A2; ...], B' = [s1 B1, s2 B2, ...] (s B rounded once to `dtype`)."""
     down = torch.cat([m.down.to(dtype) for _, m in terms], dim=0)
-    up = torch.cat([(m.up.float() * s).to(dtype) for s, m in terms], dim=1)
+    # CPU bf16/fp16 products are computed in float32 and rounded once, like the float path
+    up = torch.cat([m.up * s if m.up.dtype == dtype else (m.up.float() * s).to(dtype) for s, m in terms], dim=1)
     return down, up
 
 

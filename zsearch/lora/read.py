@@ -5,6 +5,9 @@ module path (`layers.0.attention.to_q`), folds alpha/rank into a scale, splits f
 infers the transformer width D from the shapes and checks every shape against it. Anything
 that is not a plain Z-Image LoRA is refused with a one-line UserError.
 
+The tensors are safetensors' zero-copy views of the memory-mapped file: loading is fast and
+the pages are the page cache's, but they stay mapped while any module of the file is alive.
+
     source          key example                                              down / up
     AI-Toolkit      diffusion_model.layers.0.attention.to_q.lora_A.weight    lora_A / lora_B
     diffusers/PEFT  transformer.layers.0.attention.to_q.lora_A.weight (+ .alpha)
