@@ -176,3 +176,28 @@ def test_user_errors_exit_2_with_one_line(tmp_path, demo_assets, edit, expected)
 def test_missing_config_exits_2(tmp_path):
     result = zsearch("run", tmp_path / "none.yaml")
     assert result.returncode == 2 and "config not found" in result.stderr
+
+
+def test_search_finds_the_known_optimum(tmp_path, demo_assets):
+    """References rendered at hidden weights w*: the search gets within 2 % of w*'s score."""
+    from zsearch.config import check_inputs, load_config
+    from zsearch.search import run as run_module
+    from zsearch.search.evaluate import Evaluator
+
+    search = {"ratio": [0.0, 1.5], "components": [0.0, 2.0], "layers": "none", "tie": ["attn", "ffn"]}
+    path = demo_config(tmp_path, demo_assets, search={"trials": 30, "seed": 1})
+    data = yaml.safe_load(path.read_text())
+    for lora in data["loras"]:
+        lora["search"] = dict(search)  # ratio, attn, ffn, adaLN per LoRA: 8 parameters
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    check_inputs(config)
+    best = run_module.run(config, show_progress=False)
+    assert len(best.params) == 8
+
+    engine = run_module.load_engine(config)
+    scorer = run_module.load_scorer(config, engine.device)
+    optimum = Evaluator(config, engine, scorer).evaluate(demo_assets.hidden_recipe).value
+    baseline = load(config.out_dir).trials[0].value
+    assert baseline < 0.98 * optimum  # the problem is not solved by plain stacking already
+    assert best.value >= 0.98 * optimum, (best.value, optimum, baseline)
