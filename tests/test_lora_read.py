@@ -184,6 +184,7 @@ def test_lokr_and_loha_are_not_lora(tmp_path):
     ("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight", "Flux"),
     ("transformer.transformer_blocks.0.img_mlp.net.0.proj.lora_A.weight", "Qwen-Image"),
     ("diffusion_model.blocks.0.self_attn.q.lora_A.weight", "Wan"),
+    ("lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight", "a text encoder"),
     ("something.else.weight", "no key names a Z-Image"),
 ])
 def test_other_models_are_named(tmp_path, key, model):

@@ -83,9 +83,9 @@ _OTHER_MODELS = (
     (("lora_te1_", "lora_te2_", "text_encoder_2"), "SDXL"),
     (("down_blocks", "up_blocks", "input_blocks", "output_blocks", "mid_block", "middle_block"),
      "Stable Diffusion 1.x/2.x/SDXL (UNet)"),
+    (("lora_te_", "text_model.encoder", "text_encoder"), "a text encoder"),
     (("self_attn", "cross_attn"), "Wan"),
     (("feed_forward.linear_1", "attn.to_q"), "Lumina 2 (diffusers naming)"),
-    (("lora_te_", "text_model.encoder", "text_encoder"), "a text encoder"),
 )
 
 
@@ -95,7 +95,7 @@ def load_lora(path: str | os.PathLike) -> Lora:
     tensors, metadata = _read_safetensors(path)
     groups, fmt = _group_keys(path, tensors)
     modules = _build_modules(path, groups, metadata)
-    dim = _infer_dim(path, modules)
+    dim = _infer_dim(modules)
     _check_shapes(path, modules, dim)
     ordered = {p: modules[p] for p in sorted(modules, key=model_order)}
     return Lora(path=path, format=fmt, dim=dim, modules=ordered, metadata=metadata)
@@ -287,7 +287,7 @@ def _add(path: Path, modules: dict[str, LoraModule], module_path: str, module: L
     modules[module_path] = module
 
 
-def _width_candidates(component: str, module: LoraModule) -> int:
+def _implied_width(component: str, module: LoraModule) -> int:
     """The width D this module's shapes imply."""
     if component == "adaLN":
         return module.up.shape[0] // 4
@@ -296,8 +296,9 @@ def _width_candidates(component: str, module: LoraModule) -> int:
     return module.down.shape[1]
 
 
-def _infer_dim(path: Path, modules: dict[str, LoraModule]) -> int:
-    votes = Counter(_width_candidates(parse_module(p).component, m) for p, m in modules.items())
+def _infer_dim(modules: dict[str, LoraModule]) -> int:
+    """The width most modules imply; _check_shapes then names any module that disagrees."""
+    votes = Counter(_implied_width(parse_module(p).component, m) for p, m in modules.items())
     return votes.most_common(1)[0][0]
 
 
