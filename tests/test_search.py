@@ -196,8 +196,8 @@ def test_search_finds_the_known_optimum(tmp_path, demo_assets):
     assert len(best.params) == 8
 
     engine = run_module.load_engine(config)
-    scorer = run_module.load_scorer(config, engine.device)
-    optimum = Evaluator(config, engine, scorer).evaluate(demo_assets.hidden_recipe).value
+    scorers = run_module.load_scorers(config, engine.device)
+    optimum = Evaluator(config, engine, scorers).evaluate(demo_assets.hidden_recipe).value
     baseline = load(config.out_dir).trials[0].value
     assert baseline < 0.98 * optimum  # the problem is not solved by plain stacking already
     assert best.value >= 0.98 * optimum, (best.value, optimum, baseline)

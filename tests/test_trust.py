@@ -43,7 +43,7 @@ def study_of(config):
 def engine_and_scorer(demo_assets, tmp_path_factory):
     config = config_for(tmp_path_factory.mktemp("engine"), demo_assets)
     engine = run_module.load_engine(config)
-    return engine, run_module.load_scorer(config, engine.device)
+    return engine, run_module.load_scorers(config, engine.device)
 
 
 def test_noise_band_is_the_spread_of_the_baseline_over_seed_sets(tmp_path, demo_assets, engine_and_scorer):
@@ -56,9 +56,9 @@ def test_noise_band_is_the_spread_of_the_baseline_over_seed_sets(tmp_path, demo_
     # The first set is the training seeds: it must equal the baseline trial's own score.
     assert noise["scores"][0] == pytest.approx(study.trials[0].value, abs=1e-6)
     # Independent re-computation of another seed set's score.
-    engine, scorer = engine_and_scorer
+    engine, scorers = engine_and_scorer
     space = SearchSpace(config)
-    again = Evaluator(config, engine, scorer, seeds=noise["seed_sets"][2]).evaluate(space.recipe(space.baseline()))
+    again = Evaluator(config, engine, scorers, seeds=noise["seed_sets"][2]).evaluate(space.recipe(space.baseline()))
     assert again.value == pytest.approx(noise["scores"][2], abs=1e-5)
 
 
@@ -130,3 +130,19 @@ def test_frozen_parameters_stay_at_baseline_in_later_trials(tmp_path, demo_asset
         assert names[1] in trial.params
         recipe = space.recipe(trial.params)
         assert recipe.loras[0].components[names[0].split(".")[1]] == 1.0
+
+
+def test_identity_set_scored_by_dinov2_beside_clip(tmp_path, demo_assets):
+    """A subject set judged by a (tiny, random) DINOv2 joins the objective with its weight."""
+    from zsearch.engine.dino import build_tiny_dino
+    dino = build_tiny_dino(tmp_path / "dino")
+    config = config_for(tmp_path, demo_assets, search={"trials": 2},
+                        identity={"references": str(demo_assets.references), "model": str(dino), "weight": 0.5})
+    run_module.run(config, show_progress=False)
+    study = study_of(config)
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 2
+    for t in trials:
+        a = t.user_attrs
+        assert -1.0 <= a["identity"] <= 1.0
+        assert t.value == pytest.approx(1.0 * a["style"] + 0.3 * a["prompt"] + 0.5 * a["identity"], abs=1e-6)

@@ -94,6 +94,14 @@ class Scorer(_Strict):
     style: Literal["centroid", "pairwise"] = "centroid"
 
 
+class Identity(_Strict):
+    """A second reference set scored by DINOv2 image similarity (a subject or character)."""
+
+    references: Path
+    model: str = "facebook/dinov2-small"  # hub id or local folder
+    weight: float = 1.0  # its weight in the objective, beside style and prompt
+
+
 class Objective(_Strict):
     """Weighted sum of the mean style and prompt similarities, or both as a Pareto pair."""
 
@@ -144,6 +152,7 @@ class Config(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     render: Render = Render()
     scorer: Scorer = Scorer()
+    identity: Optional[Identity] = None  # optional: a subject set judged by DINOv2
     objective: Objective = Objective()
     search: Search = Search()
     validation: Validation = Validation()
@@ -198,6 +207,7 @@ class Config(_Strict):
             "seeds": self.seeds,
             "render": self.render.model_dump(exclude={"batch", "way"}),
             "scorer": self.scorer.model_dump(),
+            "identity": self.identity.model_dump(mode="json", exclude={"references"}) if self.identity else None,
             "objective": self.objective.model_dump(),
             "bands": self.search.bands,
             "screen": self.search.screen,
@@ -267,6 +277,10 @@ def parse_config(data: Any, source: Path) -> Config:
     if config.scorer.pretrained and (base / config.scorer.pretrained).is_file():
         config.scorer.pretrained = str(base / config.scorer.pretrained)  # a local checkpoint
     config.references = _resolve(base, config.references)
+    if config.identity is not None:
+        config.identity.references = _resolve(base, config.identity.references)
+        if config.identity.model.startswith((".", "/", "~")) or (base / config.identity.model).is_dir():
+            config.identity.model = str(_resolve(base, Path(config.identity.model)))
     config.start = [_resolve(base, p) for p in config.start]
     for key in ("output", "cache", "demo"):
         if getattr(config, key) is not None:

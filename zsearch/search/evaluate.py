@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -25,6 +25,7 @@ class Evaluation:
     style: list[float]  # per prompt, mean over seeds
     prompt: list[float]
     combined: list[float]  # per prompt, weighted by the objective
+    identity: Optional[list[float]]  # per prompt, when an identity scorer is configured
     images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -41,6 +42,14 @@ class Evaluation:
         return sum(self.combined) / len(self.combined)
 
 
+@dataclass
+class Scorers:
+    """The judges of a render: the CLIP scorer (style, prompt) and optionally DINOv2 (identity)."""
+
+    clip: Any
+    identity: Any = None
+
+
 def make_jobs(prompts: list[str], seeds: list[int], engine_prompts: list[str]) -> list[Job]:
     """Jobs in prompt-major order; `prompt_index` points into the engine's prompt embeddings."""
     return [Job(engine_prompts.index(prompt), prompt, seed) for prompt in prompts for seed in seeds]
@@ -49,11 +58,12 @@ def make_jobs(prompts: list[str], seeds: list[int], engine_prompts: list[str]) -
 class Evaluator:
     """Renders and scores a config's jobs for any recipe, on one engine and scorer."""
 
-    def __init__(self, config: Config, engine, scorer, prompts: Optional[list[str]] = None,
+    def __init__(self, config: Config, engine, scorers: Optional[Scorers], prompts: Optional[list[str]] = None,
                  seeds: Optional[list[int]] = None):
         self.config = config
         self.engine = engine
-        self.scorer = scorer
+        self.scorer = scorers.clip if scorers else None
+        self.identity = scorers.identity if scorers else None
         self.prompts = prompts if prompts is not None else config.prompt_list
         self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)
         self._local = {prompt: i for i, prompt in enumerate(self.prompts)}  # prompt -> row of the scores
@@ -69,6 +79,7 @@ class Evaluator:
         n_prompts = len(self.prompts)
         style = [[] for _ in range(n_prompts)]
         prompt = [[] for _ in range(n_prompts)]
+        identity = [[] for _ in range(n_prompts)]
         per_prompt_jobs = len(self.jobs) // n_prompts
         combined: list[float] = [float("nan")] * n_prompts
         images = []
@@ -85,18 +96,23 @@ class Evaluator:
                 raise TrialFailed("the render contains NaN or Inf values")
             start = time.perf_counter()
             scores = self.scorer.score(batch, [job.prompt for job in chunk])
+            ids = self.identity.score(batch)["identity"].tolist() if self.identity else [0.0] * len(chunk)
             seconds["score"] += time.perf_counter() - start
             images.append(batch.detach().float().cpu())
-            for job, s, p in zip(chunk, scores["style"].tolist(), scores["prompt"].tolist()):
+            for job, s, p, d in zip(chunk, scores["style"].tolist(), scores["prompt"].tolist(), ids):
                 i = self._local[job.prompt]
                 style[i].append(s)
                 prompt[i].append(p)
+                identity[i].append(d)
                 if len(style[i]) == per_prompt_jobs:
                     combined[i] = weights.style * _mean(style[i]) + weights.prompt * _mean(prompt[i])
+                    if self.identity:
+                        combined[i] += self.config.identity.weight * _mean(identity[i])
                     if report is not None:
                         report(i, combined[i])
         return Evaluation(style=[_mean(s) for s in style], prompt=[_mean(p) for p in prompt],
-                          combined=combined, images=torch.cat(images), seconds=seconds)
+                          combined=combined, images=torch.cat(images), seconds=seconds,
+                          identity=[_mean(d) for d in identity] if self.identity else None)
 
 
 def _mean(values: list[float]) -> float:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..config import Config, check_inputs
 from ..grid import render_grid, save_png
 from .best import GRID_ATTR, export_best, pick_best, trial_score
-from .evaluate import Evaluation, Evaluator, TrialFailed
+from .evaluate import Evaluation, Evaluator, Scorers, TrialFailed
 from .progress import Progress
 from .space import SearchSpace
 from .study import WORKER_ATTR, artifact_store, open_study, worker_id
@@ -45,10 +45,16 @@ def load_engine(config: Config):
                   way=config.render.way, cache_dir=config.cache_dir)
 
 
-def load_scorer(config: Config, device):
+def load_scorers(config: Config, device) -> Scorers:
     from ..engine.scorer import Scorer
-    return Scorer.load(config.scorer.model, config.scorer.pretrained, config.references,
+    clip = Scorer.load(config.scorer.model, config.scorer.pretrained, config.references,
                        style=config.scorer.style, device=device, cache_dir=config.cache_dir)
+    identity = None
+    if config.identity is not None:
+        from ..engine.dino import DinoScorer
+        identity = DinoScorer.load(config.identity.model, config.identity.references, device=device,
+                                   cache_dir=config.cache_dir)
+    return Scorers(clip, identity)
 
 
 def job_grid(evaluation: Evaluation, n_prompts: int):
@@ -109,6 +115,8 @@ class Objective:
         trial.set_user_attr("per_prompt", evaluation.combined)
         trial.set_user_attr("style", evaluation.mean_style)
         trial.set_user_attr("prompt", evaluation.mean_prompt)
+        if evaluation.identity is not None:
+            trial.set_user_attr("identity", sum(evaluation.identity) / len(evaluation.identity))
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in evaluation.seconds.items()})
         self._upload_grid(trial, evaluation)
         if self.config.objective.pareto:
@@ -164,12 +172,12 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
         return export_best(config, study, store)
 
     engine = load_engine(config)
-    scorer = load_scorer(config, engine.device)
-    noise = measure_noise(config, study, space, engine, scorer)
+    scorers = load_scorers(config, engine.device)
+    noise = measure_noise(config, study, space, engine, scorers)
     if noise:
         log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"], len(noise["scores"]))
     space = SearchSpace(config, frozen_params(study))
-    objective = Objective(config, space, Evaluator(config, engine, scorer), store, study)
+    objective = Objective(config, space, Evaluator(config, engine, scorers), store, study)
     deadline = time.time() + config.search.hours * 3600 if config.search.hours else None
     log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
              config.name, len(space), len(objective.evaluator.jobs), done, total, engine.device)
@@ -200,7 +208,7 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
         if stop.requested:
             log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
         elif config.validation.top_k > 0:
-            report_validation(validate(config, study, space, engine, scorer))
+            report_validation(validate(config, study, space, engine, scorers))
     return export_best(config, study, store)
 
 
@@ -219,7 +227,7 @@ def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:
     space = SearchSpace(config)
     study = open_study(config, space)
     engine = load_engine(config)
-    report_validation(validate(config, study, space, engine, load_scorer(config, engine.device)))
+    report_validation(validate(config, study, space, engine, load_scorers(config, engine.device)))
     return export_best(config, study, artifact_store(config), force=True)
 
 
@@ -237,7 +245,7 @@ def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
     from ..engine.render import save_pngs
     prepare(config)
     engine = load_engine(config)
-    jobs = Evaluator(config, engine, scorer=None).jobs
+    jobs = Evaluator(config, engine, scorers=None).jobs
     engine.set_recipe(recipe)
     r = config.render
     images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width,
@@ -247,5 +255,5 @@ def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_pngs(images, paths)
     grid = out_dir / "grid.png"
-    save_png(job_grid(Evaluation([], [], [], images), len(config.prompt_list)), grid)
+    save_png(job_grid(Evaluation([], [], [], None, images), len(config.prompt_list)), grid)
     return [*paths, grid]

@@ -25,7 +25,7 @@ from .space import SearchSpace
 SCREEN_ROLE = "screen"
 
 
-def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engine, scorer) -> Optional[dict]:
+def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
     """Score the baseline on the training seeds and on `noise.repeats` extra seed sets."""
     if "noise" in study.user_attrs:
         return study.user_attrs["noise"]
@@ -33,7 +33,7 @@ def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engin
         return None
     baseline = space.recipe(space.baseline())
     seed_sets = [list(config.seeds), *config.noise.seed_sets(config.seeds)]
-    scores = [Evaluator(config, engine, scorer, seeds=seeds).evaluate(baseline).value for seeds in seed_sets]
+    scores = [Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value for seeds in seed_sets]
     noise = {"mean": statistics.fmean(scores), "std": statistics.stdev(scores), "scores": scores,
              "seed_sets": seed_sets}
     study.set_user_attr("noise", noise)
@@ -51,14 +51,14 @@ def _score(trial: FrozenTrial) -> float:
     return float(trial.user_attrs.get("score", trial.values[0] if trial.values else float("nan")))
 
 
-def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorer) -> dict:
+def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> dict:
     """Re-score the baseline and the top-k trials on the validation set; record and return it."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     baseline = next((t for t in complete if t.user_attrs.get("role") == "baseline"), None)
     ranked = sorted((t for t in complete if t is not baseline), key=_score, reverse=True)
     candidates = ([baseline] if baseline else []) + ranked[:config.validation.top_k]
     seeds = config.validation.seeds_for(config.seeds)
-    evaluator = Evaluator(config, engine, scorer, prompts=config.validation_prompts, seeds=seeds)
+    evaluator = Evaluator(config, engine, scorers, prompts=config.validation_prompts, seeds=seeds)
     rows = []
     for trial in candidates:
         value = evaluator.evaluate(space.recipe(trial.params)).value
