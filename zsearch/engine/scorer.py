@@ -57,6 +57,17 @@ class Scorer:
         embeds = _cached_reference_embeddings(clip, preprocess_cfg, files, model, pretrained, device, cache_dir)
         return cls(clip, tokenizer, preprocess_cfg, embeds, style, device, files)
 
+    @classmethod
+    def from_model(cls, clip, tokenizer, reference_images: torch.Tensor, style: str = "centroid",
+                   device: torch.device | str = "cpu") -> "Scorer":
+        """A scorer around an already built open_clip model, references given as tensors (benchmarks)."""
+        device = torch.device(device)
+        preprocess_cfg = dict(clip.visual.preprocess_cfg)
+        with torch.no_grad():
+            pixels = preprocess(reference_images.to(device, torch.float32), preprocess_cfg)
+            embeds = F.normalize(clip.encode_image(pixels).float(), dim=-1)
+        return cls(clip, tokenizer, preprocess_cfg, embeds, style, device, [])
+
     # -- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -169,8 +169,10 @@ class SidePath(Weighting):
             if not self._active[index]:
                 return output  # all this module's scales are 0: exactly the base output
             hidden = F.linear(inputs[0], down)
-            hidden = (hidden * scales).to(hidden.dtype)  # scales stay fp32; the product goes back to bf16
-            return output + F.linear(hidden, up)
+            hidden.mul_(scales)  # scales stay fp32 (exact ratios); the product is rounded to x's dtype
+            # output += hidden @ B^T, in place: no second (tokens x out) tensor per module
+            output.view(-1, output.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), up.t())
+            return output
 
         return side_path
 
