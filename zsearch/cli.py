@@ -17,17 +17,12 @@ COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zsearch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="zsearch", description="Find the best block weights for Z-Image-Turbo LoRAs, and merge them.")
     parser.add_argument("--version", action="version", version=f"zsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"zsearch.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"zsearch.commands.{name}":
-                raise
-            continue  # a command module not written yet
-        module.register(sub)
+        importlib.import_module(f"zsearch.commands.{name}").register(sub)
     return parser
 
 

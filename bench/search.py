@@ -1,0 +1,133 @@
+"""How many trials the search needs, TPE against random search, and what the study storage costs.
+
+The known-optimum problem: the demo's references are rendered at hidden weights w*; the search
+varies 8 parameters (per LoRA: ratio, attn, ffn, adaLN). For each sampler and seed, the number
+of trials until a trial scores >= 0.99 of w*'s score (median over seeds; a run that never gets
+there counts as budget + 1). Then the storage overhead per trial: the same trivial trials
+(with the user attributes a real trial records) on SQLite and on a journal file.
+
+    python bench/search.py [--budget 80] [--seeds 5] [--fraction 0.99]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from search_helpers import demo_config  # noqa: E402
+
+from zsearch.config import check_inputs, load_config  # noqa: E402
+from zsearch.demo import build_demo  # noqa: E402
+from zsearch.search import run as run_module  # noqa: E402
+from zsearch.search.evaluate import Evaluator  # noqa: E402
+from zsearch.search.space import SearchSpace  # noqa: E402
+from zsearch.search.study import make_sampler  # noqa: E402
+
+SPACE = {"ratio": [0.0, 1.5], "components": [0.0, 2.0], "layers": "none", "tie": ["attn", "ffn"]}
+
+
+def known_optimum_config(folder: Path):
+    assets = build_demo(folder / "demo")
+    path = demo_config(folder, assets)
+    data = yaml.safe_load(path.read_text())
+    for lora in data["loras"]:
+        lora["search"] = dict(SPACE)
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    check_inputs(config)
+    return config, assets
+
+
+def trials_to_reach(config, space, evaluator, sampler_name: str, seed: int, target: float, budget: int):
+    config.search.sampler = sampler_name
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space)))
+    study.enqueue_trial(space.baseline())
+    for number in range(1, budget + 1):
+        trial = study.ask()
+        value = evaluator.evaluate(space.suggest(trial)).value
+        study.tell(trial, value)
+        if value >= target:
+            return number, study.best_value
+    return budget + 1, study.best_value
+
+
+def storage_overhead(n: int) -> dict[str, float]:
+    """Seconds per trial spent in the storage alone (the objective does nothing)."""
+    attrs = {"per_prompt": [0.1] * 6, "style": 0.5, "prompt": 0.3, "score": 0.6,
+             "seconds": {"set": 0.001, "render": 1.0, "score": 0.01}}
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        storages = {
+            "sqlite": optuna.storages.RDBStorage(f"sqlite:///{folder}/s.db"),
+            "journal": optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(f"{folder}/j.log")),
+            "in-memory": None,
+        }
+        for name, storage in storages.items():
+            study = optuna.create_study(storage=storage, direction="maximize",
+                                        sampler=optuna.samplers.RandomSampler(seed=0))
+
+            def objective(trial):
+                for k in range(8):
+                    trial.suggest_float(f"p{k}", 0.0, 2.0)
+                for key, value in attrs.items():
+                    trial.set_user_attr(key, value)
+                return 0.5
+
+            start = time.perf_counter()
+            study.optimize(objective, n_trials=n)
+            results[name] = (time.perf_counter() - start) / n
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=80)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--fraction", type=float, default=0.99)
+    parser.add_argument("--storage-trials", type=int, default=200)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as folder:
+        config, assets = known_optimum_config(Path(folder))
+        engine = run_module.load_engine(config)
+        evaluator = Evaluator(config, engine, run_module.load_scorers(config, engine.device))
+        space = SearchSpace(config)
+        optimum = evaluator.evaluate(assets.hidden_recipe).value
+        baseline = evaluator.evaluate(space.recipe(space.baseline())).value
+        target = args.fraction * optimum
+        print(f"known optimum w*: score {optimum:.4f}; baseline {baseline:.4f}; target {target:.4f} "
+              f"({args.fraction:.0%}); {len(space)} parameters; budget {args.budget} trials")
+        medians = {}
+        for sampler in ("tpe", "random"):
+            counts = []
+            for seed in range(args.seeds):
+                started = time.perf_counter()
+                n, best = trials_to_reach(config, space, evaluator, sampler, seed, target, args.budget)
+                counts.append(n)
+                print(f"  {sampler:6s} seed {seed}: {'>' + str(args.budget) if n > args.budget else n:>4} trials "
+                      f"(best {best:.4f} = {best / optimum:.3f} of w*, {time.perf_counter() - started:.0f} s)")
+            medians[sampler] = statistics.median(counts)
+        ratio = medians["tpe"] / medians["random"]
+        print(f"median trials to {args.fraction:.0%} of w*: TPE {medians['tpe']}, random {medians['random']}; "
+              f"TPE/random = {ratio:.2f} (target <= 0.33){'' if ratio <= 1 / 3 else '  NOT MET'}")
+
+    overhead = storage_overhead(args.storage_trials)
+    base = overhead["in-memory"]
+    print("storage overhead per trial: " + ", ".join(
+        f"{name} {seconds * 1000:.1f} ms" for name, seconds in overhead.items())
+          + f"; sqlite/journal = {overhead['sqlite'] / overhead['journal']:.2f}, "
+            f"sqlite/in-memory = {overhead['sqlite'] / base:.1f}")
+
+
+if __name__ == "__main__":
+    main()
