@@ -118,3 +118,16 @@ def test_render_size_must_be_a_multiple_of_16(engine, demo_assets):
 
 def test_the_engine_never_loads_the_text_encoder(engine):
     assert engine.pipe.text_encoder is None and engine.pipe.tokenizer is None
+
+
+def test_guidance_uses_the_cached_empty_prompt(engine, demo_assets):
+    jobs = [Job(1, demo_assets.prompt_list[1], 3)]
+    engine.set_recipe(plain(demo_assets, 0.5, 0.5))
+    turbo = render(engine, demo_assets, jobs)
+    guided = engine.render(jobs, steps=demo_assets.steps, width=demo_assets.width, height=demo_assets.height,
+                           guidance=2.0)
+    assert guided.shape == turbo.shape and torch.isfinite(guided).all()
+    assert (guided - turbo).abs().mean() > 1e-3
+    without = Renderer(engine.pipe, engine.renderer.prompt_embeds)  # no empty-prompt embedding given
+    with pytest.raises(UserError, match="guidance > 0 needs the empty prompt's embedding"):
+        without.render(jobs, steps=1, width=64, height=64, guidance=2.0)
