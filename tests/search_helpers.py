@@ -40,7 +40,8 @@ def demo_config(tmp_path: Path, assets, name: str = "t", **overrides) -> Path:
 
 
 def env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # One torch thread: tiny models gain nothing from more, and workers share 2 cores.
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def zsearch(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
@@ -51,3 +52,36 @@ def zsearch(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
 def start(*args, cwd=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "zsearch.cli", *map(str, args)], cwd=cwd, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+# The known-optimum problem: references rendered at hidden weights W_STAR that lie inside an
+# 8-parameter search space (per LoRA: ratio, attn, ffn, adaLN).
+KNOWN_SPACE = {"ratio": [0.0, 1.5], "components": [0.0, 2.0], "layers": "none", "tie": ["attn", "ffn"]}
+W_STAR = [
+    {"ratio": 0.8, "components": {"attn": 1.5, "ffn": 0.6, "adaLN": 1.0}},
+    {"ratio": 0.6, "components": {"attn": 0.5, "ffn": 1.4, "adaLN": 0.4}},
+]
+
+
+def known_optimum_config(tmp_path: Path, assets, **overrides):
+    """A config whose references are the renders of W_STAR, and that recipe."""
+    from zsearch.config import check_inputs, load_config
+    from zsearch.recipe import LoraWeights, Recipe
+    from zsearch.search.run import render_recipe
+
+    path = demo_config(tmp_path, assets, **overrides)
+    data = yaml.safe_load(path.read_text())
+    for lora in data["loras"]:
+        lora["search"] = dict(KNOWN_SPACE)
+    refs = tmp_path / "w_star_refs"
+    data["references"] = str(refs)
+    path.write_text(yaml.safe_dump(data))
+    refs.mkdir(exist_ok=True)
+    (refs / "placeholder.png").write_bytes(b"")  # lets the config load before the renders exist
+    config = load_config(path)
+    check_inputs(config)
+    w_star = Recipe([LoraWeights(path=p, **w) for p, w in zip(assets.loras, W_STAR)])
+    render_recipe(config, w_star, refs)
+    (refs / "placeholder.png").unlink()
+    (refs / "grid.png").unlink()
+    return config, w_star

@@ -13,7 +13,7 @@ import yaml
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from search_helpers import demo_config, start, zsearch
+from search_helpers import demo_config, known_optimum_config, start, zsearch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -179,25 +179,16 @@ def test_missing_config_exits_2(tmp_path):
 
 
 def test_search_finds_the_known_optimum(tmp_path, demo_assets):
-    """References rendered at hidden weights w*: the search gets within 2 % of w*'s score."""
-    from zsearch.config import check_inputs, load_config
+    """References rendered at hidden weights w* (8 parameters): the search gets within 2 % of w*."""
     from zsearch.search import run as run_module
     from zsearch.search.evaluate import Evaluator
 
-    search = {"ratio": [0.0, 1.5], "components": [0.0, 2.0], "layers": "none", "tie": ["attn", "ffn"]}
-    path = demo_config(tmp_path, demo_assets, search={"trials": 30, "seed": 1})
-    data = yaml.safe_load(path.read_text())
-    for lora in data["loras"]:
-        lora["search"] = dict(search)  # ratio, attn, ffn, adaLN per LoRA: 8 parameters
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
-    check_inputs(config)
+    config, w_star = known_optimum_config(tmp_path, demo_assets, search={"trials": 40, "seed": 1})
     best = run_module.run(config, show_progress=False)
     assert len(best.params) == 8
 
     engine = run_module.load_engine(config)
-    scorers = run_module.load_scorers(config, engine.device)
-    optimum = Evaluator(config, engine, scorers).evaluate(demo_assets.hidden_recipe).value
+    optimum = Evaluator(config, engine, run_module.load_scorers(config, engine.device)).evaluate(w_star).value
     baseline = load(config.out_dir).trials[0].value
     assert baseline < 0.98 * optimum  # the problem is not solved by plain stacking already
     assert best.value >= 0.98 * optimum, (best.value, optimum, baseline)
