@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .blocks import GROUPS, N_LAYERS
 from .errors import UserError
+from .yamlfile import read_yaml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -321,16 +321,4 @@ def check_inputs(config: Config) -> None:
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: config not found; check the path (e.g. configs/demo.yaml)") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; give the config's .yaml file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the config ({exc.__class__.__name__})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{line}; fix the syntax") from None
-    return parse_config(data, path)
+    return parse_config(read_yaml(path, "config", "configs/demo.yaml"), path)

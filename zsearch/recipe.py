@@ -26,6 +26,7 @@ import yaml
 from .atomic import write_text_atomic
 from .blocks import COMPONENTS, GROUPS, N_LAYERS, REFINERS, Module, parse_module
 from .errors import UserError
+from .yamlfile import read_yaml
 
 LORA_KEYS = {"path", "ratio", "components", "layers"}
 
@@ -167,17 +168,7 @@ def parse_recipe(data: Any, source: str, base_dir: Path, n_layers: int = N_LAYER
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: recipe not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the recipe ({exc.__class__.__name__})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{line}; fix the syntax") from None
-    return parse_recipe(data, str(path), path.resolve().parent)
+    return parse_recipe(read_yaml(path, "recipe"), str(path), path.resolve().parent)
 
 
 def recipe_to_dict(recipe: Recipe, relative_to: Path | None = None) -> dict[str, Any]:

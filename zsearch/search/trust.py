@@ -80,7 +80,7 @@ def validated_best(study: optuna.Study, train_best: FrozenTrial) -> FrozenTrial:
     record = study.user_attrs.get("validation")
     if not record or train_best.number not in {row["trial"] for row in record["rows"]}:
         return train_best
-    return study.trials[record["chosen"]]
+    return study.get_trials(deepcopy=False)[record["chosen"]]
 
 
 # ---------------------------------------------------------------- screening

@@ -1,0 +1,27 @@
+"""Reading a user's YAML file (config or recipe) with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def read_yaml(path: Path, what: str, example: str = "") -> Any:
+    """Parse `path`; every failure is a UserError naming the file, e.g. what="config"."""
+    hint = f" (e.g. {example})" if example else ""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found; check the path{hint}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; give the {what}'s .yaml file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.__class__.__name__})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{line}; fix the syntax") from None
