@@ -56,7 +56,7 @@ def start(*args, cwd=None) -> subprocess.Popen:
 
 # The known-optimum problem: references rendered at hidden weights W_STAR that lie inside an
 # 8-parameter search space (per LoRA: ratio, attn, ffn, adaLN).
-KNOWN_SPACE = {"ratio": [0.0, 1.5], "components": [0.0, 2.0], "layers": "none", "tie": ["attn", "ffn"]}
+KNOWN_SPACE = {"ratio": [0.0, 1.5], "components": [0.25, 1.75], "layers": "none", "tie": ["attn", "ffn"]}
 W_STAR = [
     {"ratio": 0.8, "components": {"attn": 1.5, "ffn": 0.6, "adaLN": 1.0}},
     {"ratio": 0.6, "components": {"attn": 0.5, "ffn": 1.4, "adaLN": 0.4}},

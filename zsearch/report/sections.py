@@ -192,8 +192,8 @@ def history(facts: StudyFacts, folder: Path, front: list[FrozenTrial]) -> list[B
     if not plots.history(facts, folder / "history.png"):
         return blocks + [Para("No complete trial yet: nothing to plot.")]
     complete = sorted(facts.complete, key=lambda t: t.number)
-    text = (f"Each dot is one complete trial's score; the red line is the best so far, the dashed line the "
-            f"baseline (plain stacking)")
+    text = ("Each dot is one complete trial's score; the red line is the best so far, the dashed line the "
+            "baseline (plain stacking)")
     text += " and the grey band its ±1σ seed noise." if facts.noise else "."
     if facts.train_best is not None:
         since = sum(1 for t in complete if t.number > facts.train_best.number)
