@@ -1,7 +1,7 @@
 """How many trials the search needs, TPE against random search, and what the study storage costs.
 
-The known-optimum problem: the demo's references are rendered at hidden weights w*; the search
-varies 8 parameters (per LoRA: ratio, attn, ffn, adaLN). For each sampler and seed, the number
+The known-optimum problem (as in tests/test_search.py): references rendered at hidden weights w*
+inside the searched space of 8 parameters (per LoRA: ratio, attn, ffn, adaLN). For each sampler and seed, the number
 of trials until a trial scores >= 0.99 of w*'s score (median over seeds; a run that never gets
 there counts as budget + 1). Then the storage overhead per trial: the same trivial trials
 (with the user attributes a real trial records) on SQLite and on a journal file.
@@ -19,31 +19,21 @@ import time
 from pathlib import Path
 
 import optuna
-import yaml
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from search_helpers import demo_config  # noqa: E402
+from search_helpers import known_optimum_config  # noqa: E402
 
-from zsearch.config import check_inputs, load_config  # noqa: E402
 from zsearch.demo import build_demo  # noqa: E402
 from zsearch.search import run as run_module  # noqa: E402
 from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.search.space import SearchSpace  # noqa: E402
 from zsearch.search.study import make_sampler  # noqa: E402
 
-SPACE = {"ratio": [0.0, 1.5], "components": [0.0, 2.0], "layers": "none", "tie": ["attn", "ffn"]}
-
-
-def known_optimum_config(folder: Path):
+def known_optimum(folder: Path):
+    """The tests' known-optimum problem: references rendered at W_STAR (8 parameters)."""
     assets = build_demo(folder / "demo")
-    path = demo_config(folder, assets)
-    data = yaml.safe_load(path.read_text())
-    for lora in data["loras"]:
-        lora["search"] = dict(SPACE)
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
-    check_inputs(config)
-    return config, assets
+    return known_optimum_config(folder, assets)
 
 
 def trials_to_reach(config, space, evaluator, sampler_name: str, seed: int, target: float, budget: int):
@@ -94,15 +84,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--fraction", type=float, default=0.99)
     parser.add_argument("--storage-trials", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 suits the tiny model)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     with tempfile.TemporaryDirectory() as folder:
-        config, assets = known_optimum_config(Path(folder))
+        config, w_star = known_optimum(Path(folder))
         engine = run_module.load_engine(config)
         evaluator = Evaluator(config, engine, run_module.load_scorers(config, engine.device))
         space = SearchSpace(config)
-        optimum = evaluator.evaluate(assets.hidden_recipe).value
+        optimum = evaluator.evaluate(w_star).value
         baseline = evaluator.evaluate(space.recipe(space.baseline())).value
         target = args.fraction * optimum
         print(f"known optimum w*: score {optimum:.4f}; baseline {baseline:.4f}; target {target:.4f} "

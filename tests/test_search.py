@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from search_helpers import demo_config, known_optimum_config, start, zsearch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.usefixtures("single_thread")  # in-process renders of tiny models
 
 
 def load(out: Path, name: str = "t") -> optuna.Study:

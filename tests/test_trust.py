@@ -18,6 +18,7 @@ from zsearch.search.space import SearchSpace
 from zsearch.search.trust import analyse_screening, screening_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.usefixtures("single_thread")  # in-process renders of tiny models
 
 
 def small_space(**search):
