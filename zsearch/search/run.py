@@ -107,7 +107,8 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
 
         try:
-            evaluation = self.evaluator.evaluate(recipe, report=report)
+            # Optuna prunes single-objective studies only; a Pareto study reports nothing.
+            evaluation = self.evaluator.evaluate(recipe, report=None if self.config.objective.pareto else report)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise

@@ -1,0 +1,115 @@
+"""Failed trials, Pareto studies, samplers, and the render/dashboard commands."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from search_helpers import demo_config, start, zsearch
+from zsearch.config import check_inputs, load_config
+from zsearch.search import run as run_module
+from zsearch.search.study import make_sampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def loaded(path):
+    config = load_config(path)
+    check_inputs(config)
+    return config
+
+
+def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_path, demo_assets, monkeypatch):
+    """Fault injection around the real engine: the 2nd render returns NaN, the 3rd runs out of memory."""
+    config = loaded(demo_config(tmp_path, demo_assets, search={"trials": 3}))
+    real_load = run_module.load_engine
+    calls = {"n": 0}
+
+    def faulty_engine(cfg):
+        engine = real_load(cfg)
+        render = engine.render
+
+        def render_with_faults(jobs, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return torch.full((len(jobs), 3, cfg.render.height, cfg.render.width), float("nan"))
+            if calls["n"] == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return render(jobs, **kwargs)
+
+        engine.render = render_with_faults
+        return engine
+
+    monkeypatch.setattr(run_module, "load_engine", faulty_engine)
+    run_module.run(config, show_progress=False)
+    study = optuna.load_study(study_name="t", storage=config.storage_url)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in failed] == [
+        "the render contains NaN or Inf values",
+        "CUDA out of memory even at batch size 1; lower render.width/height"]
+    assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+
+
+def test_pareto_study_keeps_both_objectives(tmp_path, demo_assets):
+    config = loaded(demo_config(tmp_path, demo_assets, objective="pareto", search={"trials": 3}))
+    best = run_module.run(config, show_progress=False)
+    study = optuna.load_study(study_name="t", storage=config.storage_url)
+    assert len(study.directions) == 2 and study.metric_names == ["style", "prompt"]
+    assert best.number in {t.number for t in study.best_trials}
+    for trial in study.trials:
+        assert trial.values == [pytest.approx(trial.user_attrs["style"]), pytest.approx(trial.user_attrs["prompt"])]
+    info = yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]
+    assert info["trial"] == best.number
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler), ("cmaes", optuna.samplers.CmaEsSampler),
+                                       ("gp", optuna.samplers.GPSampler), ("random", optuna.samplers.RandomSampler)])
+def test_samplers_by_name_propose_points_in_range(tmp_path, demo_assets, name, cls):
+    config = loaded(demo_config(tmp_path, demo_assets, search={"sampler": name}))
+    sampler = make_sampler(config, seed=0, n_params=4)
+    assert isinstance(sampler, cls)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.optimize(lambda t: -(t.suggest_float("x", 0.0, 2.0) - 1.2) ** 2 - (t.suggest_float("y", 0.0, 2.0) - 0.3) ** 2,
+                   n_trials=6)
+    assert all(0.0 <= t.params["x"] <= 2.0 and 0.0 <= t.params["y"] <= 2.0 for t in study.trials)
+
+
+def test_render_command_writes_every_job_and_a_grid(tmp_path, demo_assets):
+    config = demo_config(tmp_path, demo_assets)
+    out = tmp_path / "preview"
+    result = zsearch("render", config, "--recipe", "missing.yaml", "-o", out)
+    assert result.returncode == 2 and "recipe not found" in result.stderr
+    result = zsearch("render", config, "-o", out)
+    assert result.returncode == 0, result.stderr
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 3 * 2 + 1 and "grid.png" in pngs  # 3 prompts x 2 seeds, and the grid
+
+
+def test_dashboard_serves_the_study(tmp_path, demo_assets):
+    config = demo_config(tmp_path, demo_assets, search={"trials": 1})
+    assert zsearch("run", config, "--no-progress").returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start("dashboard", config, "--port", port)
+    try:
+        deadline = time.time() + 60
+        body = None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None and '"t"' in body  # the study is listed by name
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
