@@ -57,6 +57,9 @@ def test_hub_id_is_kept(tmp_path):
     (lambda d: d["loras"][0]["search"].update(components=[1.2, 2.0]), "must contain 1.0"),
     (lambda d: d["loras"][0].pop("search"), "no LoRA has a 'search:' block"),
     (lambda d: d.update(prompts=[]), "prompts: the list is empty"),
+    (lambda d: d.update(prompts=["a cat", "a dog", "a cat"]), "the prompt 'a cat' appears twice"),
+    (lambda d: d.update(objective="pareto", search={"sampler": "cmaes"}), "cmaes cannot optimise a pareto"),
+    (lambda d: d.update(seeds=[1, 2], validation={"seeds": [2, 3]}), "validation.seeds must differ"),
 ])
 def test_config_errors_name_the_key(tmp_path, mutate, expected):
     data = base_config()
@@ -110,6 +113,22 @@ def test_fingerprint_changes_with_what_changes_the_score(tmp_path):
         cfg.prompt_list = ["a cat"]
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == c.fingerprint()  # budget and sampler may change on a resume
+
+
+def test_default_held_out_seeds_never_reuse_training_seeds(tmp_path):
+    config = load_config(write(tmp_path, base_config(seeds=[0, 1000, 1001])))
+    held_out = config.validation.seeds_for(config.seeds)
+    noise = [s for seeds in config.noise.seed_sets(config.seeds) for s in seeds]
+    assert len(held_out) == 3 and not set(held_out) & set(config.seeds)
+    assert len(set(noise)) == len(noise) and not set(noise) & (set(config.seeds) | set(held_out))
+
+
+def test_best_without_a_study_exits_2_and_creates_nothing(tmp_path, capsys):
+    from zsearch.cli import main
+    path = write(tmp_path, base_config(output=str(tmp_path / "out")))
+    assert main(["best", str(path)]) == 2
+    assert "no study 't' yet" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "study.db").exists()
 
 
 def test_band_keys_cover_all_layers_once():

@@ -120,7 +120,8 @@ class Validation(_Strict):
     def seeds_for(self, train_seeds: list[int]) -> list[int]:
         if self.seeds:
             return self.seeds
-        return [1000 + seed for seed in train_seeds]  # far from the training seeds
+        start = max(train_seeds) + 1000  # new seeds, never training ones
+        return [start + i for i in range(len(train_seeds))]
 
 
 class Noise(_Strict):
@@ -129,7 +130,9 @@ class Noise(_Strict):
     repeats: int = Field(3, ge=0)
 
     def seed_sets(self, train_seeds: list[int]) -> list[list[int]]:
-        return [[2000 * (k + 1) + seed for seed in train_seeds] for k in range(self.repeats)]
+        start = max(train_seeds) + 2000  # new seeds, apart from the training and validation ones
+        n = len(train_seeds)
+        return [[start + k * n + i for i in range(n)] for k in range(self.repeats)]
 
 
 class Search(_Strict):
@@ -180,6 +183,14 @@ class Config(_Strict):
     def _pareto_shorthand(cls, value):
         return {"pareto": True} if value == "pareto" else value
 
+    @model_validator(mode="after")
+    def _compatible(self):
+        if self.objective.pareto and self.search.sampler == "cmaes":
+            raise ValueError("sampler cmaes cannot optimise a pareto objective; use tpe, gp or random")
+        if self.validation.seeds and set(self.validation.seeds) & set(self.seeds):
+            raise ValueError("validation.seeds must differ from the training seeds (it is held-out data)")
+        return self
+
     @property
     def out_dir(self) -> Path:
         return self.output if self.output is not None else Path("results") / self.name
@@ -198,7 +209,7 @@ class Config(_Strict):
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes what a trial's score means; a resume must match it."""
         return {
-            "model": self.model,
+            "model": _as_written(self.model),
             "loras": [{"file": lora.path.name, "ratio": lora.ratio,
                        "search": lora.search.model_dump(mode="json") if lora.search else None}
                       for lora in self.loras],
@@ -206,8 +217,8 @@ class Config(_Strict):
             "prompts": self.prompt_list,
             "seeds": self.seeds,
             "render": self.render.model_dump(exclude={"batch", "way"}),
-            "scorer": self.scorer.model_dump(),
-            "identity": self.identity.model_dump(mode="json", exclude={"references"}) if self.identity else None,
+            "scorer": {k: _as_written(str(v)) for k, v in self.scorer.model_dump().items()},
+            "identity": _as_written(self.identity.model) if self.identity else None,
             "objective": self.objective.model_dump(),
             "bands": self.search.bands,
             "screen": self.search.screen,
@@ -216,6 +227,22 @@ class Config(_Strict):
     def fingerprint_hash(self) -> str:
         text = json.dumps(self.fingerprint(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _as_written(name: str) -> str:
+    """A hub id as is; a local path by its last part, so a moved project still resumes."""
+    prefix = "local-dir:" if name.startswith("local-dir:") else ""
+    rest = name.removeprefix(prefix)
+    return prefix + Path(rest).name if rest.startswith("/") else name
+
+
+def _no_duplicates(prompts: list[str], where: str) -> list[str]:
+    seen = set()
+    for prompt in prompts:
+        if prompt in seen:
+            raise UserError(f"{where}: the prompt '{prompt}' appears twice; keep each prompt once")
+        seen.add(prompt)
+    return prompts
 
 
 def _reference_files(folder: Path) -> list[Path]:
@@ -235,12 +262,12 @@ def read_prompts(path: Path) -> list[str]:
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise UserError(f"{path}: no prompts in the file; write one prompt a line")
-    return prompts
+    return _no_duplicates(prompts, str(path))
 
 
 def _one_line(error: ValidationError, source: Path) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{where}'; check its spelling (see configs/style.yaml)"
@@ -249,7 +276,7 @@ def _one_line(error: ValidationError, source: Path) -> str:
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
-    return f"{source}: {where}: {message}{shown}"
+    return f"{source}: {where + ': ' if where else ''}{message}{shown}"
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -286,13 +313,14 @@ def parse_config(data: Any, source: Path) -> Config:
         if getattr(config, key) is not None:
             setattr(config, key, _resolve(base, getattr(config, key)))
     if isinstance(config.prompts, list):
-        config.prompt_list = [p.strip() for p in config.prompts if p.strip()]
+        config.prompt_list = _no_duplicates([p.strip() for p in config.prompts if p.strip()], f"{source}: prompts")
         if not config.prompt_list:
             raise UserError(f"{source}: prompts: the list is empty; give at least one prompt")
     else:
         config.prompts = _resolve(base, config.prompts)
     if isinstance(config.validation.prompts, list):
-        config.validation_prompts = [p.strip() for p in config.validation.prompts if p.strip()]
+        config.validation_prompts = _no_duplicates([p.strip() for p in config.validation.prompts if p.strip()],
+                                                   f"{source}: validation.prompts")
     elif config.validation.prompts is not None:
         config.validation.prompts = _resolve(base, config.validation.prompts)
     if not config.searched():

@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path)
     p.add_argument("--recipe", type=Path, help="recipe YAML (default: the baseline, plain stacking)")
     p.add_argument("-o", "--out", type=Path, help="output folder (default: results/<name>/render-<recipe>)")
+    p.add_argument("--force", action="store_true", help="write into an output folder that already has images")
     p.set_defaults(func=cmd_render)
 
 
@@ -56,20 +57,26 @@ def cmd_run(args) -> int:
 
 
 def _existing_study(config):
+    """The config's study, refused when it was run with another search space or scoring."""
     import optuna
-    from ..search.study import make_storage
+    from ..search.study import check_fingerprint, make_storage
+    if config.storage is None and not (config.out_dir / "study.db").exists():
+        raise UserError(f"no study '{config.name}' yet (no {config.out_dir / 'study.db'}); "
+                        f"run `zsearch run {config.source}` first")
     try:
-        return optuna.load_study(study_name=config.name, storage=make_storage(config))
+        study = optuna.load_study(study_name=config.name, storage=make_storage(config))
     except KeyError:
         raise UserError(f"no study '{config.name}' in {config.storage_url}; run `zsearch run {config.source}` first") from None
+    check_fingerprint(config, study)
+    return study
 
 
 def cmd_best(args) -> int:
     from ..search.best import export_best
     from ..search.study import artifact_store
     config = load_config(args.config)
-    check_inputs(config)
     study = _existing_study(config)
+    check_inputs(config)
     print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
     return 0
 
@@ -86,10 +93,14 @@ def cmd_dashboard(args) -> int:
     import optuna_dashboard
     from ..search.study import artifact_store, make_storage
     config = load_config(args.config)
+    _existing_study(config)
     url = f"http://127.0.0.1:{args.port}/dashboard"
     print(f"optuna-dashboard for study '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
-    optuna_dashboard.run_server(make_storage(config), host="127.0.0.1", port=args.port,
-                                artifact_store=artifact_store(config))
+    try:
+        optuna_dashboard.run_server(make_storage(config), host="127.0.0.1", port=args.port,
+                                    artifact_store=artifact_store(config))
+    except OSError as exc:
+        raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc.strerror}); pick another --port") from None
     return 0
 
 
@@ -102,6 +113,8 @@ def cmd_render(args) -> int:
     if len(recipe.loras) != len(config.loras):
         raise UserError(f"{args.recipe}: the recipe has {len(recipe.loras)} LoRAs, the config {len(config.loras)}")
     out = args.out or config.out_dir / f"render-{args.recipe.stem if args.recipe else 'baseline'}"
+    if not args.force and out.is_dir() and any(out.glob("*.png")):
+        raise UserError(f"{out}: already holds images; choose another -o or pass --force to replace them")
     paths = render_recipe(config, recipe, out)
     print(f"{len(paths) - 1} images and a grid in {out}")
     return 0

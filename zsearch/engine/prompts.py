@@ -16,7 +16,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
-from ..errors import UserError
 from .device import release_memory
 from .pipeline import _as_user_error, _quiet_hub, check_local_folder, is_local
 

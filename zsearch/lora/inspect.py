@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import torch
 
 from ..blocks import COMPONENTS, REFINERS, parse_module
 from .model import Lora, LoraModule

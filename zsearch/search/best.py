@@ -37,9 +37,8 @@ def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
     validation's choice among the top trials once validation has run."""
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
-    if config.objective.pareto:
-        w = config.objective
-        train_best = max(study.best_trials, key=lambda t: w.style * t.values[0] + w.prompt * t.values[1])
+    if config.objective.pareto:  # the front member with the best weighted score
+        train_best = max(study.best_trials, key=trial_score)
     else:
         train_best = study.best_trial
     return validated_best(study, train_best)
@@ -96,11 +95,11 @@ def best_recipe(config: Config, space: SearchSpace, study: optuna.Study, trial: 
 
 def export_best(config: Config, study: optuna.Study, store, force: bool = False) -> Optional[FrozenTrial]:
     """(Re)write best.yaml, best.safetensors and best.png if the best trial changed."""
-    trial = pick_best(config, study)
-    if trial is None:
-        return None
     out = config.out_dir
     with _locked(out):
+        trial = pick_best(config, study)  # inside the lock: another worker may have written a newer best
+        if trial is None:
+            return None
         written = _written(out / "best.yaml")
         if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists():
             return trial
@@ -136,3 +135,5 @@ def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path)
             rows.append((f"{label}  score {score}", grid))
     if rows:
         save_png(stack_labelled(rows), path)
+    else:
+        path.unlink(missing_ok=True)  # no renders to show: never leave an older best's picture

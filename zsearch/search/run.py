@@ -17,6 +17,7 @@ from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
 from ..config import Config, check_inputs
+from ..errors import UserError
 from ..grid import render_grid, save_png
 from .best import GRID_ATTR, export_best, pick_best, trial_score
 from .evaluate import Evaluation, Evaluator, Scorers, TrialFailed
@@ -107,8 +108,10 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
 
         try:
-            # Optuna prunes single-objective studies only; a Pareto study reports nothing.
-            evaluation = self.evaluator.evaluate(recipe, report=None if self.config.objective.pareto else report)
+            # Optuna prunes single-objective studies only; and the baseline, screening and start
+            # points are measurements the study relies on, so they always run to the end.
+            prunable = not self.config.objective.pareto and "role" not in trial.user_attrs
+            evaluation = self.evaluator.evaluate(recipe, report=report if prunable else None)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
@@ -172,40 +175,16 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
         log.info("study '%s' already has %d finished trials (budget %d)", config.name, done, total)
         return export_best(config, study, store)
 
-    engine = load_engine(config)
-    scorers = load_scorers(config, engine.device)
-    noise = measure_noise(config, study, space, engine, scorers)
-    if noise:
-        log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"], len(noise["scores"]))
-    space = SearchSpace(config, frozen_params(study))
-    objective = Objective(config, space, Evaluator(config, engine, scorers), store, study)
-    deadline = time.time() + config.search.hours * 3600 if config.search.hours else None
-    log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
-             config.name, len(space), len(objective.evaluator.jobs), done, total, engine.device)
-
-    def out_of_time() -> bool:
-        return deadline is not None and time.time() >= deadline
-
-    with GracefulStop() as stop, Progress(total, done, deadline, enabled=show_progress) as progress:
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            best = pick_best(config, study)
-            if best is not None and best.number == trial.number:
-                export_best(config, study, store)
-            _log_trial(trial, best)
-            progress.update(finished_count(study), trial_score(best) if best else None)
-
-        # One trial per call: other workers' running trials count against the budget, so
-        # several workers stop at exactly `total` finished trials.
-        while not stop.requested and not out_of_time():
-            if config.search.screen and not objective.space.frozen and analyse_screening(study, space):
-                objective.space = SearchSpace(config, frozen_params(study))
-                log.info("screening froze %d of %d parameters: %s", len(objective.space.frozen), len(space),
-                         ", ".join(sorted(objective.space.frozen)) or "none")
-            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if finished_count(study) + running >= total:
-                break
-            study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
-                           gc_after_trial=False)
+    with GracefulStop() as stop:
+        engine = load_engine(config)
+        scorers = load_scorers(config, engine.device)
+        noise = None if stop.requested else measure_noise(config, study, space, engine, scorers)
+        if noise:
+            log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"],
+                     len(noise["scores"]))
+        space = SearchSpace(config, frozen_params(study))
+        objective = Objective(config, space, Evaluator(config, engine, scorers), store, study)
+        _search(config, study, objective, store, stop, total, done, show_progress)
         if stop.requested:
             log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
         elif config.validation.top_k > 0:
@@ -213,7 +192,53 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
     return export_best(config, study, store)
 
 
-def report_validation(record: dict) -> None:
+MAX_FAILS_IN_A_ROW = 5
+
+
+def _search(config: Config, study: optuna.Study, objective: Objective, store, stop: GracefulStop,
+            total: int, done: int, show_progress: bool) -> None:
+    """Run trials until the budget, the time limit, a stop request, or repeated failures."""
+    deadline = time.time() + config.search.hours * 3600 if config.search.hours else None
+    log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
+             config.name, len(objective.space), len(objective.evaluator.jobs), done, total,
+             objective.evaluator.engine.device)
+    fails: list[str] = []  # reasons of the failures in a row
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.time() >= deadline
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        best = pick_best(config, study)
+        if best is not None and best.number == trial.number:
+            export_best(config, study, store)
+        _log_trial(trial, best)
+        progress.update(finished_count(study), trial_score(best) if best else None)
+        fails[:] = [*fails, trial.user_attrs.get("fail_reason", "error")] if trial.state == TrialState.FAIL else []
+
+    screened = False
+    with Progress(total, done, deadline, enabled=show_progress) as progress:
+        # One trial per call: other workers' running trials count against the budget, so
+        # several workers stop at exactly `total` finished trials.
+        while not stop.requested and not out_of_time() and len(fails) < MAX_FAILS_IN_A_ROW:
+            if config.search.screen and not screened and analyse_screening(study, objective.space):
+                screened = True
+                objective.space = SearchSpace(config, frozen_params(study))
+                log.info("screening froze %d of %d parameters: %s", len(objective.space.frozen),
+                         len(objective.space), ", ".join(sorted(objective.space.frozen)) or "none")
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if finished_count(study) + running >= total:
+                break
+            study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
+                           gc_after_trial=False)
+    if len(fails) >= MAX_FAILS_IN_A_ROW:
+        raise UserError(f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {fails[-1]}); "
+                        f"fix that, then run the same command to resume")
+
+
+def report_validation(record: Optional[dict]) -> None:
+    if record is None:
+        log.warning("validation: nothing to validate (no complete trial)")
+        return
     for row in record["rows"]:
         label = "baseline" if row["baseline"] else f"trial {row['trial']}"
         log.info("validation: %s train %.5f validation %.5f (gap %+.5f)", label, row["train"],

@@ -37,6 +37,7 @@ def make_storage(config: Config) -> optuna.storages.BaseStorage:
         # Heartbeats let a study fail trials of a worker that died on another machine.
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=60, grace_period=180,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(),
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
     except (ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"storage: {url} needs the database driver '{exc.name}'; pip install it") from None
@@ -103,37 +104,54 @@ def recover_orphans(study: optuna.Study) -> int:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except RuntimeError:  # another worker got there first (UpdateFinishedTrialError)
             continue
-        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number}, skip_if_exists=False)
+        # Keep its role (baseline, screening point): the retry stands in for it.
+        attrs = {k: v for k, v in trial.user_attrs.items() if k == "role"}
+        study.enqueue_trial(trial.params, user_attrs={**attrs, RETRY_ATTR: trial.number}, skip_if_exists=False)
         recovered += 1
     return recovered
 
 
+def check_fingerprint(config: Config, study: optuna.Study) -> None:
+    """Refuse a study that was run with another search space or scoring set-up."""
+    recorded = study.user_attrs.get("fingerprint")
+    current = config.fingerprint()
+    if recorded is not None and recorded != current:
+        changed = sorted(k for k in current if recorded.get(k) != current[k])
+        raise UserError(
+            f"{config.source}: study '{config.name}' was run with a different {', '.join(changed)}; "
+            f"set a new 'name:' to start a new study (or restore the old settings to resume)")
+
+
 def open_study(config: Config, space: SearchSpace) -> optuna.Study:
-    """Create or resume the study; refuse a resume whose search space or scoring changed."""
+    """Create or resume the study; refuse a resume whose search space or scoring changed.
+
+    Only the process that creates the study queues its first trials and uses the config's seed
+    as is; a resume or a joining worker mixes in its trial count and pid, so no two samplers
+    replay the same points.
+    """
     storage = make_storage(config)
     directions = ["maximize", "maximize"] if config.objective.pareto else ["maximize"]
+    start_recipes = [(path, load_recipe(path)) for path in config.start]  # fail before touching the study
+    for path, recipe in start_recipes:
+        if len(recipe.loras) != len(config.loras):
+            raise UserError(f"{path}: the recipe has {len(recipe.loras)} LoRAs, the config "
+                            f"{len(config.loras)}; list them in the same order")
     try:
-        existing = optuna.load_study(study_name=config.name, storage=storage)
-    except KeyError:
-        existing = None
-    if existing is not None:
-        recorded = existing.user_attrs.get("fingerprint")
-        if recorded is not None and recorded != config.fingerprint():
-            changed = sorted(k for k in config.fingerprint() if recorded.get(k) != config.fingerprint()[k])
-            raise UserError(
-                f"{config.source}: study '{config.name}' was run with a different {', '.join(changed)}; "
-                f"set a new 'name:' to start a new study (or restore the old settings to resume)")
-        seed = _resume_seed(config.search.seed, len(existing.trials))
-    else:
-        seed = config.search.seed
-    study = optuna.create_study(
-        study_name=config.name, storage=storage, directions=directions, load_if_exists=True,
-        sampler=make_sampler(config, seed, len(space)), pruner=make_pruner(config))
-    if existing is None or "fingerprint" not in study.user_attrs:
-        study.set_user_attr("fingerprint", config.fingerprint())
-        study.set_user_attr("space", space.describe())
+        optuna.create_study(study_name=config.name, storage=storage, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    if not created:
+        check_fingerprint(config, study)
+    seed = config.search.seed if created else _resume_seed(config.search.seed, len(study.trials))
+    study = optuna.load_study(study_name=config.name, storage=storage,
+                              sampler=make_sampler(config, seed, len(space)), pruner=make_pruner(config))
+    if created:
+        _enqueue_first(config, space, study, start_recipes)
         study.set_metric_names(["style", "prompt"] if config.objective.pareto else ["score"])
-        _enqueue_first(config, space, study)
+        study.set_user_attr("space", space.describe())
+        study.set_user_attr("fingerprint", config.fingerprint())
     recover_orphans(study)
     return study
 
@@ -143,16 +161,12 @@ def _resume_seed(seed: int, n_trials: int) -> int:
     return int(np.random.SeedSequence([seed, n_trials, os.getpid()]).generate_state(1)[0])
 
 
-def _enqueue_first(config: Config, space: SearchSpace, study: optuna.Study) -> None:
+def _enqueue_first(config: Config, space: SearchSpace, study: optuna.Study, start_recipes) -> None:
     study.enqueue_trial(space.baseline(), user_attrs={"role": "baseline"}, skip_if_exists=True)
     if config.search.screen:
         for role, params in screening_values(space):
             study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
-    for path in config.start:
-        recipe = load_recipe(path)
-        if len(recipe.loras) != len(config.loras):
-            raise UserError(f"{path}: the recipe has {len(recipe.loras)} LoRAs, the config "
-                            f"{len(config.loras)}; list them in the same order")
+    for path, recipe in start_recipes:
         study.enqueue_trial(space.params_of(recipe), user_attrs={"role": f"start:{path.name}"},
                             skip_if_exists=True)
 

@@ -12,6 +12,7 @@ All results are kept as study user attributes, so the report and other workers c
 
 from __future__ import annotations
 
+import logging
 import statistics
 from typing import Optional
 
@@ -19,10 +20,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config
-from .evaluate import Evaluator
+from .evaluate import Evaluator, TrialFailed
 from .space import SearchSpace
 
 SCREEN_ROLE = "screen"
+log = logging.getLogger("zsearch")
 
 
 def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
@@ -33,7 +35,11 @@ def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engin
         return None
     baseline = space.recipe(space.baseline())
     seed_sets = [list(config.seeds), *config.noise.seed_sets(config.seeds)]
-    scores = [Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value for seeds in seed_sets]
+    try:
+        scores = [Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value for seeds in seed_sets]
+    except TrialFailed as exc:
+        log.warning("noise not measured: the baseline render failed (%s)", exc)
+        return None
     noise = {"mean": statistics.fmean(scores), "std": statistics.stdev(scores), "scores": scores,
              "seed_sets": seed_sets}
     study.set_user_attr("noise", noise)
@@ -51,8 +57,11 @@ def _score(trial: FrozenTrial) -> float:
     return float(trial.user_attrs.get("score", trial.values[0] if trial.values else float("nan")))
 
 
-def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> dict:
-    """Re-score the baseline and the top-k trials on the validation set; record and return it."""
+def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
+    """Re-score the baseline and the top-k trials on the validation set; record and return it.
+
+    None when there is nothing to validate (no complete trial, or every render failed).
+    """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     baseline = next((t for t in complete if t.user_attrs.get("role") == "baseline"), None)
     ranked = sorted((t for t in complete if t is not baseline), key=_score, reverse=True)
@@ -61,9 +70,15 @@ def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, sc
     evaluator = Evaluator(config, engine, scorers, prompts=config.validation_prompts, seeds=seeds)
     rows = []
     for trial in candidates:
-        value = evaluator.evaluate(space.recipe(trial.params)).value
+        try:
+            value = evaluator.evaluate(space.recipe(trial.params)).value
+        except TrialFailed as exc:
+            log.warning("validation of trial %d failed: %s", trial.number, exc)
+            continue
         rows.append({"trial": trial.number, "train": _score(trial), "validation": value,
                      "gap": _score(trial) - value, "baseline": trial is baseline})
+    if not rows:
+        return None
     chosen = max(rows, key=lambda r: r["validation"])
     record = {"rows": rows, "chosen": chosen["trial"], "seeds": seeds,
               "prompts": len(config.validation_prompts),
@@ -111,12 +126,13 @@ def analyse_screening(study: optuna.Study, space: SearchSpace) -> Optional[dict]
     for p in space.params:
         ends = {}
         for t in screens:
-            _, name, end = t.user_attrs["role"].split(":")
+            name, end = t.user_attrs["role"].removeprefix(f"{SCREEN_ROLE}:").rsplit(":", 1)
             if name == p.name and t.state == TrialState.COMPLETE:
                 ends[end] = _score(t)
-        effect = max((abs(v - base) for v in ends.values()), default=0.0)
+        # A parameter with no measured end (failed points) is never frozen on no evidence.
+        effect = max((abs(v - base) for v in ends.values()), default=None)
         result[p.name] = {"low": ends.get("low"), "high": ends.get("high"), "effect": effect,
-                          "frozen": effect <= band}
+                          "frozen": effect is not None and effect <= band}
     study.set_user_attr("screening", result)
     return result
 
