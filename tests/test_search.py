@@ -111,18 +111,17 @@ def test_kill_9_mid_trial_then_resume_keeps_trials_and_retries(tmp_path, demo_as
 
 
 def test_two_workers_share_one_study_without_duplicates(tmp_path, demo_assets):
-    config = demo_config(tmp_path, demo_assets, search={"trials": 6})
+    config = demo_config(tmp_path, demo_assets, search={"trials": 12})
     out = tmp_path / "out" / "t"
-    # The first worker creates the study; the second joins it.
+    # Started together: one creates the study, the other joins it.
     first = start("run", config, "--no-progress")
-    assert _wait_for(lambda: len(load(out).trials) >= 1)
     second = start("run", config, "--no-progress")
     for proc in (first, second):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
     study = load(out)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 6
+    assert len(finished) == 12
     assert len({t.number for t in study.trials}) == len(study.trials)
     params = [tuple(sorted(t.params.items())) for t in finished]
     assert len(set(params)) == len(params)  # no point evaluated twice

@@ -26,7 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_warnings() -> None:
+    """Optuna flags features as experimental on every use; users need none of that on stderr."""
+    import warnings
+    warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
+    warnings.filterwarnings("ignore", message=".*is experimental \\(supported from.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -57,9 +57,9 @@ def cmd_run(args) -> int:
 
 
 def _existing_study(config):
-    """The config's study, refused when it was run with another search space or scoring."""
+    """The config's study; UserError when there is none yet (nothing is created)."""
     import optuna
-    from ..search.study import check_fingerprint, make_storage
+    from ..search.study import make_storage
     if config.storage is None and not (config.out_dir / "study.db").exists():
         raise UserError(f"no study '{config.name}' yet (no {config.out_dir / 'study.db'}); "
                         f"run `zsearch run {config.source}` first")
@@ -67,16 +67,16 @@ def _existing_study(config):
         study = optuna.load_study(study_name=config.name, storage=make_storage(config))
     except KeyError:
         raise UserError(f"no study '{config.name}' in {config.storage_url}; run `zsearch run {config.source}` first") from None
-    check_fingerprint(config, study)
     return study
 
 
 def cmd_best(args) -> int:
     from ..search.best import export_best
-    from ..search.study import artifact_store
+    from ..search.study import artifact_store, check_fingerprint
     config = load_config(args.config)
     study = _existing_study(config)
     check_inputs(config)
+    check_fingerprint(config, study)  # a changed config would map the trials' params wrongly
     print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
     return 0
 

@@ -37,7 +37,7 @@ def make_storage(config: Config) -> optuna.storages.BaseStorage:
         # Heartbeats let a study fail trials of a worker that died on another machine.
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=60, grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
     except (ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"storage: {url} needs the database driver '{exc.name}'; pip install it") from None
