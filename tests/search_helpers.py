@@ -24,7 +24,7 @@ def demo_config(tmp_path: Path, assets, name: str = "t", **overrides) -> Path:
         "seeds": list(assets.seeds),
         "render": {"steps": assets.steps, "width": assets.width, "height": assets.height, "batch": 6},
         "scorer": {"model": assets.clip_model, "pretrained": None},
-        "search": {"trials": 6, "sampler": "tpe", "seed": 0, "bands": 3},
+        "search": {"trials": 6, "sampler": "auto", "seed": 0, "bands": 3},
         "validation": {"top_k": 0},  # tests of the search loop compare best.* with the training best
         "noise": {"repeats": 0},
         "output": str(tmp_path / "out" / name),

@@ -138,7 +138,7 @@ class Noise(_Strict):
 class Search(_Strict):
     trials: int = Field(500, ge=1)
     hours: Optional[float] = Field(None, gt=0)
-    sampler: Literal["tpe", "cmaes", "gp", "random"] = "tpe"
+    sampler: Literal["auto", "tpe", "cmaes", "gp", "random"] = "auto"  # auto: gp up to 32 parameters, else tpe
     seed: int = 0
     bands: int = Field(3, ge=1, le=N_LAYERS)
     prune: bool = True

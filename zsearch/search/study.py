@@ -51,8 +51,15 @@ def artifact_store(config: Config) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(folder))
 
 
+GP_MAX_PARAMS = 32  # beyond this a Gaussian process fits slowly and TPE is the better bet
+
+
 def make_sampler(config: Config, seed: int, n_params: int) -> optuna.samplers.BaseSampler:
     name = config.search.sampler
+    if name == "auto":
+        # Trials cost seconds to minutes, so sample efficiency rules: on the known-optimum
+        # benchmark (bench/search.py) a GP reaches 99 % of the optimum in far fewer trials.
+        name = "gp" if n_params <= GP_MAX_PARAMS else "tpe"
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
