@@ -27,11 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_library_warnings() -> None:
-    """Optuna flags features as experimental on every use; users need none of that on stderr."""
+    """Libraries flag features as experimental and load with progress bars; zsearch's own
+    progress bar and log file say what a user needs."""
     import warnings
     warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
     warnings.filterwarnings("ignore", message=".*is experimental \\(supported from.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    import os
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress bar is enough
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main(argv: list[str] | None = None) -> int:

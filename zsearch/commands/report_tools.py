@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args) -> int:
+    import optuna
     from ..report import write_report
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its scratch studies need no log lines
     config = load_config(args.config)
     index = write_report(config)
     print(f"report: {index}\n        {index.with_suffix('.html')}")

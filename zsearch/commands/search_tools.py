@@ -40,10 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _summary(config, trial) -> str:
     if trial is None:
         return f"study '{config.name}': no completed trial yet"
-    from ..search.best import trial_score
-    return (f"best: trial {trial.number}, score {trial_score(trial):.5f}\n"
-            f"  {config.out_dir / 'best.safetensors'}\n  {config.out_dir / 'best.yaml'}\n"
-            f"  {config.out_dir / 'best.png'}")
+    import yaml
+    scores = (yaml.safe_load((config.out_dir / "best.yaml").read_text()).get("info") or {}).get("scores", {})
+    parts = [f"score {scores.get('train', float('nan')):.5f}"]
+    if scores.get("baseline") is not None:
+        parts.append(f"baseline {scores['baseline']:.5f}")
+    if scores.get("validation") is not None:
+        parts.append(f"held-out {scores['validation']:.5f} (baseline {scores.get('baseline_validation', float('nan')):.5f})")
+    out = config.out_dir
+    return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n"
+            f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}")
 
 
 def cmd_run(args) -> int:

@@ -102,16 +102,17 @@ class Objective:
         self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
         recipe = self.space.suggest(trial)
 
+        # Optuna prunes single-objective studies only; and the baseline, screening and start
+        # points are measurements the study relies on, so they report but always run to the end.
+        prunable = "role" not in trial.user_attrs
+
         def report(prompt_index: int, score: float) -> None:
             trial.report(score, step=prompt_index)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
 
         try:
-            # Optuna prunes single-objective studies only; and the baseline, screening and start
-            # points are measurements the study relies on, so they always run to the end.
-            prunable = not self.config.objective.pareto and "role" not in trial.user_attrs
-            evaluation = self.evaluator.evaluate(recipe, report=report if prunable else None)
+            evaluation = self.evaluator.evaluate(recipe, report=None if self.config.objective.pareto else report)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
@@ -156,10 +157,6 @@ def _setup_log(config: Config) -> None:
         logger.propagate = False  # the progress bar speaks on the terminal; the log file has the rest
     optuna.logging.disable_default_handler()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    import diffusers
-    import transformers
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
