@@ -23,14 +23,7 @@ FIRST_HALF = [m.path for m in all_modules() if not (m.block == "layers" and m.in
 SOME = [p for p in ALL if ".attention." in p or p.startswith("layers.2")]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core runner OpenMP's second
-    thread waits for a CPU at every op (measured: 4-5x slower); restore the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors gain nothing from threads
 
 
 def source_delta(lora, path):

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_path
 from ..errors import UserError
 from .device import pick_device
+from .pipeline import is_local
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 HOW_TO_GET = ("run `huggingface-cli download facebook/dinov2-small` or point the identity scorer's model "
@@ -219,13 +220,6 @@ def _read_cache(path: Path, n_files: int) -> Optional[torch.Tensor]:
 
 # ---------------------------------------------------------------- the model
 
-def _is_local(model: str) -> bool:
-    """A folder, or something meant as one: a path rather than an `org/name` hub id."""
-    if Path(model).expanduser().exists():
-        return True
-    return model.startswith((".", "/", "~")) or model.count("/") != 1 or "\\" in model
-
-
 def _check_folder(model: str) -> Path:
     folder = Path(model).expanduser()
     if not folder.is_dir():
@@ -243,7 +237,7 @@ def _load_model(model: str):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
     from transformers.utils import logging as hf_logging
 
-    local = _is_local(model)
+    local = is_local(model)
     source = str(_check_folder(model)) if local else model
     before = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the hub logs several lines before failing offline
