@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from zsearch.blocks import all_modules
 from zsearch.errors import UserError
-from zsearch.lora.merge import merge_loras, merge_recipe
+from zsearch.lora.merge import merge_loras, merge_recipe, merge_to_file
 from zsearch.lora.read import load_lora, load_loras
 from zsearch.lora.synth import FORMATS, make_random_lora, save_in_format
 from zsearch.lora.write import check_output, merge_metadata, save_lora
@@ -258,3 +259,63 @@ def test_metadata_records_sources_recipe_and_version_and_replays(tmp_path):
     again, _ = merge_recipe(load_recipe(replay))
     assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
 
+
+
+@pytest.mark.parametrize("rank, dtype", [(None, torch.float32), (None, torch.bfloat16), (5, torch.float16), (3, None)])
+def test_streamed_file_equals_the_in_memory_merge(tmp_path, rank, dtype):
+    # ranks 4 and 6 on overlapping modules: some modules have one LoRA (rank 4 < 5), some both
+    a, b, pa, pb = two_sources(tmp_path, "ai-toolkit", "kohya", dtype=torch.bfloat16)
+    loras = load_loras([pa, pb])
+    scales = [some_scales(ALL, 5), some_scales(ALL, 6)]
+    scales[1][SOME[0]] = 0.0  # a dropped term
+    state, expected = merge_loras(loras, scales, rank=rank, dtype=dtype)
+    out = tmp_path / "streamed.safetensors"
+    report = merge_to_file(loras, scales, out, {"note": "streamed"}, rank=rank, dtype=dtype, inputs=[pa, pb])
+
+    written = load_file(str(out))
+    assert list(written) == list(state)  # same keys, in model order
+    for key, tensor in state.items():
+        assert written[key].dtype == tensor.dtype and torch.equal(written[key], tensor), key
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "streamed"}
+    assert report.ranks == expected.ranks and report.errors == expected.errors
+    assert report.relative_error == expected.relative_error and report.dropped == expected.dropped
+    header_length = int.from_bytes(out.read_bytes()[:8], "little")
+    assert header_length % 8 == 0
+
+
+def test_streamed_metadata_can_depend_on_the_result_and_outgrow_the_header(tmp_path):
+    a, b, pa, pb = two_sources(tmp_path, "ai-toolkit", "diffusers")
+    loras = load_loras([pa, pb])
+    scales = [dict.fromkeys(ALL, 1.0), dict.fromkeys(ALL, -0.5)]
+    state, _ = merge_loras(loras, scales, rank=2)
+    seen = []
+
+    def metadata(report):
+        seen.append(report.modules)
+        # long only once the merge is done: the header must then grow behind the data
+        return {"error": repr(report.relative_error), "pad": "x" * (5000 if report.modules else 0)}
+
+    out = tmp_path / "grown.safetensors"
+    report = merge_to_file(loras, scales, out, metadata, rank=2)
+    assert seen == [0, len(state) // 2]
+    written = load_file(str(out))
+    assert all(torch.equal(written[k], v) for k, v in state.items()) and len(written) == len(state)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["error"] == repr(report.relative_error) and len(f.metadata()["pad"]) == 5000
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_streamed_merge_refuses_like_save_lora(tmp_path):
+    a, b, pa, pb = two_sources(tmp_path, "ai-toolkit", "diffusers")
+    loras = load_loras([pa, pb])
+    ones = [dict.fromkeys(ALL, 1.0)] * 2
+    with pytest.raises(UserError, match="is one of the input LoRAs"):
+        merge_to_file(loras, ones, pa, {}, force=True, inputs=[pa, pb])
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"user data")
+    with pytest.raises(UserError, match="already exists"):
+        merge_to_file(loras, ones, out, {})
+    with pytest.raises(UserError, match="every module has scale 0"):
+        merge_to_file(loras, [{}, {}], out, {}, force=True)
+    assert out.read_bytes() == b"user data"

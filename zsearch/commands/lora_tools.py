@@ -60,24 +60,30 @@ def cmd_inspect(args) -> int:
 def cmd_merge(args) -> int:
     import torch
 
-    from ..lora.merge import merge_recipe
-    from ..lora.write import check_output, merge_metadata, save_lora
+    from ..lora.merge import merge_to_file
+    from ..lora.read import load_loras
+    from ..lora.write import check_output, merge_metadata
 
     recipe = recipe_from_args(args)
     if args.rank is not None and args.rank < 1:
         raise UserError(f"--rank {args.rank}: the rank must be a positive whole number such as 32")
     inputs = [lw.path for lw in recipe.loras]
     check_output(args.output, inputs, args.force)  # fail before the work, not after
+    loras = load_loras(inputs)
+    scales = [lw.module_scales(lora.modules) for lw, lora in zip(recipe.loras, loras)]
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    provenance = merge_metadata(recipe, args.output)  # hashes the inputs: once, not per call below
 
-    state, report = merge_recipe(recipe, rank=args.rank, dtype=dtype)
-    if not state:
-        raise UserError("every module has scale 0 (check --ratio and the block weights); nothing to write")
-    merge_info = {"rank": args.rank, "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")}
-    if args.rank is not None:
-        merge_info["relative_error"] = report.relative_error
-    metadata = merge_metadata(recipe, args.output, merge=merge_info)
-    out = save_lora(state, args.output, metadata, force=args.force, inputs=inputs)
+    def metadata(report) -> dict[str, str]:
+        merge_info = {"rank": args.rank, "dtype": str(report.dtype).removeprefix("torch.")}
+        if args.rank is not None:
+            merge_info["relative_error"] = report.relative_error
+        return {**provenance, "zsearch.merge": json.dumps(merge_info)}
+
+    # streamed: each module is written as it is merged, so the output is never whole in memory
+    report = merge_to_file(loras, scales, args.output, metadata, rank=args.rank, dtype=dtype,
+                           force=args.force, inputs=inputs)
+    out = Path(args.output)
     size_mb = out.stat().st_size / 2 ** 20
     print(f"wrote {out} ({size_mb:.1f} MiB): {len(recipe.loras)} LoRA(s), {report.summary()}")
     return 0

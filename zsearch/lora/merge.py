@@ -10,14 +10,18 @@ without forming the out x in delta: QR of B' and of A'^T, SVD of the small R x R
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import torch
 
+from ..atomic import atomic_path
 from ..errors import UserError
 from ..recipe import Recipe
 from .model import Lora, LoraModule
 from .read import load_loras, model_order
+from .write import check_output, write_safetensors_stream
 
 KEY_PREFIX = "diffusion_model."  # AI-Toolkit form: loads in ComfyUI and diffusers alike
 
@@ -30,6 +34,7 @@ class MergeReport:
     dropped: list[str] = field(default_factory=list)  # every LoRA's scale was 0 there
     ranks: dict[str, int] = field(default_factory=dict)  # output rank per module
     rank: int | None = None  # the requested rank, None for an exact merge
+    dtype: torch.dtype | None = None  # the output's
     # Rank N only: relative Frobenius error ||dW - dW_N|| / ||dW|| per module, and the squared
     # norms needed to pool them into one figure for the whole LoRA.
     errors: dict[str, float] = field(default_factory=dict)
@@ -62,13 +67,53 @@ class MergeReport:
         return text
 
 
-def merge_loras(loras: list[Lora], scales: list[dict[str, float]], rank: int | None = None,
-                dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], MergeReport]:
-    """Sum `scales[i][m] * delta_i[m]` over LoRAs for every module m, as one LoRA state dict.
+@dataclass
+class ModulePlan:
+    """One output module, known before any tensor is computed: its inputs and its output shapes."""
 
-    Keys are `diffusion_model.<module>.lora_A/lora_B.weight` with every scale folded into B;
-    a module missing from `scales[i]` weighs 0 for LoRA i. dtype defaults to the inputs'.
-    """
+    path: str
+    terms: list[tuple[float, LoraModule]]  # (scale, module) of every LoRA with a nonzero scale here
+    rank: int  # output rank
+    out_features: int
+    in_features: int
+
+
+@dataclass
+class MergePlan:
+    modules: list[ModulePlan]
+    dtype: torch.dtype
+    rank: int | None
+    dropped: list[str]
+
+    def layout(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(key, dtype, shape) of every output tensor, in the order `compute` yields them."""
+        return [entry for m in self.modules for entry in (
+            (f"{KEY_PREFIX}{m.path}.lora_A.weight", self.dtype, (m.rank, m.in_features)),
+            (f"{KEY_PREFIX}{m.path}.lora_B.weight", self.dtype, (m.out_features, m.rank)))]
+
+    def compute(self, report: MergeReport) -> Iterator[tuple[str, torch.Tensor]]:
+        """Merge one module at a time, yielding (key, tensor) in `layout` order; fills `report`."""
+        report.dropped, report.dtype = list(self.dropped), self.dtype
+        for m in self.modules:
+            if self.rank is None:
+                down, up = concat_terms(m.terms, self.dtype)
+            else:
+                down, up, error, sq_norm = compress_terms(m.terms, self.rank)
+                down, up = down.to(self.dtype), up.to(self.dtype)
+                report.errors[m.path] = error
+                report._sq_norm += sq_norm
+                report._sq_error += error ** 2 * sq_norm
+            if down.shape != (m.rank, m.in_features) or up.shape != (m.out_features, m.rank):
+                raise AssertionError(f"{m.path}: planned rank {m.rank}, computed {tuple(down.shape)}")
+            report.ranks[m.path] = m.rank
+            report.modules += 1
+            yield f"{KEY_PREFIX}{m.path}.lora_A.weight", down.contiguous()
+            yield f"{KEY_PREFIX}{m.path}.lora_B.weight", up.contiguous()
+
+
+def plan_merge(loras: list[Lora], scales: list[dict[str, float]], rank: int | None = None,
+               dtype: torch.dtype | None = None) -> MergePlan:
+    """Check the inputs and decide every output module and its shapes, without computing any."""
     if len(loras) != len(scales):
         raise ValueError(f"{len(loras)} LoRAs but {len(scales)} scale maps")
     if not loras:
@@ -78,30 +123,52 @@ def merge_loras(loras: list[Lora], scales: list[dict[str, float]], rank: int | N
         raise UserError(f"LoRAs of different models cannot be merged: {widths}")
     if rank is not None and rank < 1:
         raise UserError(f"--rank {rank}: the rank must be a positive whole number such as 32")
-    dtype = dtype or _common_dtype(loras)
-
-    report = MergeReport(rank=rank)
-    state: dict[str, torch.Tensor] = {}
+    plan = MergePlan([], dtype or _common_dtype(loras), rank, [])
     for path in _module_union(loras):
         terms = [(scale_map.get(path, 0.0) * lora.modules[path].scale, lora.modules[path])
                  for lora, scale_map in zip(loras, scales) if path in lora.modules]
         terms = [(s, m) for s, m in terms if s != 0.0]
         if not terms:
-            report.dropped.append(path)
+            plan.dropped.append(path)
             continue
-        if rank is None:
-            down, up = concat_terms(terms, dtype)
-        else:
-            down, up, error, sq_norm = compress_terms(terms, rank)
-            down, up = down.to(dtype), up.to(dtype)
-            report.errors[path] = error
-            report._sq_norm += sq_norm
-            report._sq_error += error ** 2 * sq_norm
-        state[f"{KEY_PREFIX}{path}.lora_A.weight"] = down.contiguous()
-        state[f"{KEY_PREFIX}{path}.lora_B.weight"] = up.contiguous()
-        report.ranks[path] = down.shape[0]
-        report.modules += 1
+        out_features, in_features = terms[0][1].up.shape[0], terms[0][1].down.shape[1]
+        total = sum(m.rank for _, m in terms)
+        # compress_terms keeps at most the core's size: min(total, out, in) singular values
+        out_rank = total if rank is None else min(rank, total, out_features, in_features)
+        plan.modules.append(ModulePlan(path, terms, out_rank, out_features, in_features))
+    return plan
+
+
+def merge_loras(loras: list[Lora], scales: list[dict[str, float]], rank: int | None = None,
+                dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], MergeReport]:
+    """Sum `scales[i][m] * delta_i[m]` over LoRAs for every module m, as one LoRA state dict.
+
+    Keys are `diffusion_model.<module>.lora_A/lora_B.weight` with every scale folded into B;
+    a module missing from `scales[i]` weighs 0 for LoRA i. dtype defaults to the inputs'.
+    """
+    plan = plan_merge(loras, scales, rank, dtype)
+    report = MergeReport(rank=rank, dtype=plan.dtype)
+    state = dict(plan.compute(report))
     return state, report
+
+
+def merge_to_file(loras: list[Lora], scales: list[dict[str, float]], path: str | os.PathLike,
+                  metadata: dict[str, str] | Callable[[MergeReport], dict[str, str]],
+                  rank: int | None = None, dtype: torch.dtype | None = None, force: bool = False,
+                  inputs: Iterable[str | os.PathLike] = ()) -> MergeReport:
+    """`merge_loras` written straight to `path`, one module at a time: the output is never whole
+    in memory. `metadata` may be a function of the finished report (e.g. to record the error)."""
+    inputs = list(inputs)
+    path = check_output(path, inputs, force)
+    plan = plan_merge(loras, scales, rank, dtype)
+    if not plan.modules:
+        raise UserError("every module has scale 0 (check --ratio and the block weights); nothing to write")
+    report = MergeReport(rank=rank, dtype=plan.dtype)
+    metadata_of = metadata if callable(metadata) else (lambda _report: metadata)
+    with atomic_path(path) as tmp:
+        write_safetensors_stream(tmp, plan.layout(), plan.compute(report), lambda: metadata_of(report))
+        check_output(path, inputs, force)  # again before the rename: it may have appeared meanwhile
+    return report
 
 
 def merge_recipe(recipe: Recipe, rank: int | None = None, dtype: torch.dtype | None = None

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import struct
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import yaml
@@ -41,6 +44,74 @@ def save_lora(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, meta
     with atomic_path(path) as tmp:
         save_file(state_dict, str(tmp), metadata={"format": "pt", **metadata})
     return path
+
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+HEADER_SLACK = 256  # room kept in the header for metadata known only at the end (e.g. the SVD error)
+
+
+def write_safetensors_stream(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                             tensors: Iterable[tuple[str, torch.Tensor]],
+                             metadata: Callable[[], dict[str, str]]) -> None:
+    """Write a safetensors file whose tensors arrive one at a time, in `layout` order.
+
+    The header (8-byte little-endian length, then JSON padded with spaces to a multiple of 8)
+    depends only on names, dtypes and shapes, so it is sized first and each tensor is written as
+    it comes. `metadata()` is called before (to size the header) and after (the final values);
+    if the final header outgrows the room kept, the data are copied behind a larger one.
+    """
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors data are little-endian; this writer supports little-endian hosts only")
+    entries, offset = {}, 0
+    for name, dtype, shape in layout:
+        size = torch.tensor([], dtype=dtype).element_size() * _numel(shape)
+        entries[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    room = len(_header(entries, metadata())) + HEADER_SLACK
+    room += -room % 8
+    expected = iter(layout)
+    with open(path, "wb") as f:
+        f.seek(8 + room)
+        for name, tensor in tensors:
+            want = next(expected, None)
+            if want is None or (name, tensor.dtype, tuple(tensor.shape)) != want:
+                raise AssertionError(f"tensor {name} {tensor.dtype} {tuple(tensor.shape)} does not match the layout {want}")
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+        if next(expected, None) is not None:
+            raise AssertionError("fewer tensors than the layout announced")
+        header = _header(entries, metadata())
+        if len(header) <= room:
+            f.seek(0)
+            f.write(struct.pack("<Q", room) + header.ljust(room, b" "))
+            return
+    _rewrite_header(Path(path), header, 8 + room)
+
+
+def _header(entries: dict, metadata: dict[str, str]) -> bytes:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("safetensors metadata keys and values must be strings")
+    return json.dumps({"__metadata__": {"format": "pt", **metadata}, **entries}, separators=(",", ":")).encode()
+
+
+def _rewrite_header(path: Path, header: bytes, data_start: int) -> None:
+    """Put a header larger than the room kept in front of the data (a streamed copy)."""
+    header = header.ljust(len(header) + (-len(header) % 8), b" ")
+    bigger = path.with_name(path.name + ".header")
+    try:
+        with open(path, "rb") as src, open(bigger, "wb") as dst:
+            dst.write(struct.pack("<Q", len(header)) + header)
+            src.seek(data_start)
+            shutil.copyfileobj(src, dst, 1 << 22)
+        os.replace(bigger, path)
+    finally:
+        bigger.unlink(missing_ok=True)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def merge_metadata(recipe: Recipe, output: str | os.PathLike, **extra: object) -> dict[str, str]:
