@@ -35,7 +35,7 @@ def test_paths_resolve_against_config_folder(tmp_path):
     assert config.loras[0].path == sub / "a.safetensors"
     assert config.references == sub / "refs"
     assert config.prompts == sub / "p.txt"
-    assert Path(config.model) == sub / "../models/zi"
+    assert Path(config.model) == tmp_path / "models" / "zi"  # normalised: no "configs/.."
     assert config.out_dir == Path("results/t")
 
 

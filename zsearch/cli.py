@@ -34,7 +34,6 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*is experimental \\(supported from.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     import os
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress bar is enough
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

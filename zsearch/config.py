@@ -7,6 +7,7 @@ Relative paths resolve against the config file's folder. The default output fold
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import re
 from pathlib import Path
@@ -281,7 +282,7 @@ def _one_line(error: ValidationError, source: Path) -> str:
 
 def _resolve(base: Path, path: Path) -> Path:
     path = path.expanduser()
-    return path if path.is_absolute() else (base / path)
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
 def parse_config(data: Any, source: Path) -> Config:

@@ -172,9 +172,17 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
         log.info("study '%s' already has %d finished trials (budget %d)", config.name, done, total)
         return export_best(config, study, store)
 
+    def say(message: str) -> None:  # the slow steps outside the trial loop, on the terminal too
+        log.info(message)
+        if show_progress:
+            print(f"zsearch: {message}", file=sys.stderr, flush=True)
+
     with GracefulStop() as stop:
+        say(f"loading {config.model} on {config.device} ...")
         engine = load_engine(config)
         scorers = load_scorers(config, engine.device)
+        if "noise" not in study.user_attrs and config.noise.repeats and not stop.requested:
+            say(f"scoring the baseline on {config.noise.repeats + 1} seed sets (the noise band) ...")
         noise = None if stop.requested else measure_noise(config, study, space, engine, scorers)
         if noise:
             log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"],
@@ -185,6 +193,7 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
         if stop.requested:
             log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
         elif config.validation.top_k > 0:
+            say(f"validating the baseline and the top {config.validation.top_k} trials on held-out seeds ...")
             report_validation(validate(config, study, space, engine, scorers))
     return export_best(config, study, store)
 
