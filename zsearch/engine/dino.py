@@ -28,11 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
+from ..config import IMAGE_SUFFIXES  # one list of readable image types
 from ..errors import UserError
 from .device import pick_device
 from .pipeline import is_local
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 HOW_TO_GET = ("run `huggingface-cli download facebook/dinov2-small` or point the identity scorer's model "
               "at a local folder holding config.json, the weights and preprocessor_config.json")
 ENCODE_BATCH = 16

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path
+from ..config import IMAGE_SUFFIXES  # one list of readable image types
 from ..errors import UserError
 from .device import pick_device
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 STYLES = ("centroid", "pairwise")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 _INTERPOLATION = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
