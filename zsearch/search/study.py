@@ -152,8 +152,8 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
     if not created:
         check_fingerprint(config, study)
     seed = config.search.seed if created else _resume_seed(config.search.seed, len(study.trials))
-    study = optuna.load_study(study_name=config.name, storage=storage,
-                              sampler=make_sampler(config, seed, len(space)), pruner=make_pruner(config))
+    study.sampler = make_sampler(config, seed, len(space))  # the seed needed the trial count first
+    study.pruner = make_pruner(config)
     if created or "fingerprint" not in study.user_attrs:  # (or its creator died while setting it up)
         _enqueue_first(config, space, study, start_recipes)
         study.set_metric_names(["style", "prompt"] if config.objective.pareto else ["score"])
