@@ -13,7 +13,7 @@ seeds; a run that never gets there within the image budget counts as budget + 1 
     python bench/search.py [--budget 1200] [--seeds 5] [--variants default,random,...]
 
 Variants are SAMPLER[+PRUNING][/STARTUP]: sampler auto|gp|random|tpe|cmaes; pruning off|pruned|partial
-(default: partial, the shipped behaviour); startup sobol|random (GP start-up design).
+(default: partial, the shipped behaviour); startup sobol|random[N] (GP start-up design, N trials).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import look  # noqa: E402
 
 from zsearch.search import pruning, records  # noqa: E402
 from zsearch.search.evaluate import Evaluator, Scorers  # noqa: E402
-from zsearch.search.study import STARTUP, make_pruner, make_sampler  # noqa: E402
+from zsearch.search.study import STARTUP, STARTUP_TRIALS, make_pruner, make_sampler  # noqa: E402
 
 DISTANCE_FRACTION = 0.3
 SCORE_FRACTION = 0.99
@@ -57,21 +57,23 @@ class Counting:
         return self.engine.render(jobs, **kwargs)
 
 
-def parse_variant(text: str) -> tuple[str, str, str]:
+def parse_variant(text: str) -> tuple[str, str, str, int]:
+    """'auto+partial/sobol5' -> ('auto', 'partial', 'sobol', 5)."""
     sampler, _, rest = text.partition("+")
     mode, _, startup = rest.partition("/")
-    return sampler, mode or pruning.PARTIAL, startup or STARTUP
+    design = startup.rstrip("0123456789") or STARTUP
+    return sampler, mode or pruning.PARTIAL, design, int(startup[len(design):] or STARTUP_TRIALS)
 
 
 def images_to_target(problem, variant: str, seed: int, budget: int) -> tuple[int, float, float]:
     """(images until the target, best's distance, best's score / w*'s) for one search."""
-    sampler, mode, startup = parse_variant(variant)
+    sampler, mode, startup, startup_trials = parse_variant(variant)
     config, space = problem.config, problem.space
     config.search.sampler = sampler
     config.search.prune = mode != "off"
     counter = Counting(problem.engine)
     evaluator = Evaluator(config, counter, Scorers(problem.judge))
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space), startup=startup),
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space), startup, startup_trials),
                                 pruner=make_pruner(config))
     study.enqueue_trial(space.baseline(), user_attrs={records.ROLE: records.BASELINE_ROLE})
     d_target = DISTANCE_FRACTION * problem.baseline_distance
