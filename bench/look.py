@@ -31,7 +31,8 @@ import torch
 import yaml
 
 from zsearch.blocks import N_LAYERS, all_modules
-from zsearch.config import Config, load_config
+from zsearch.config import Config
+from zsearch.inputs import load_config
 from zsearch.engine.weighting import recipe_scales
 from zsearch.lora.synth import make_random_lora, save_in_format
 from zsearch.recipe import LoraWeights, Recipe

@@ -11,7 +11,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from zsearch.config import parse_config
+from zsearch.inputs import parse_config
 from zsearch.report.facts import gather
 from zsearch.search import pruning, records, stats
 from zsearch.search.best import best_scores, pick_best
