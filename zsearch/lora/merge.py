@@ -253,10 +253,10 @@ def compress_terms(terms: list[tuple[float, LoraModule]], rank: int
 
 
 def lycoris_scaled(module: LokrModule | LohaModule, scale: float, dtype: torch.dtype) -> list[torch.Tensor]:
-    """The module's tensors (in `tensors()` order) with `scale x module.scale` folded into its first
-    factor, then its alpha: the LoKr's rank (1 when both factors are whole), the LoHa's rank, so that
-    LyCORIS, ComfyUI and zsearch all read a scale of 1."""
-    total = scale * module.scale
+    """The module's tensors (in `tensors()` order) with `scale` (the term's: recipe x the module's own)
+    folded into its first factor, then its alpha: the LoKr's rank (1 when both factors are whole), the
+    LoHa's rank, so that LyCORIS, ComfyUI and zsearch all read a scale of 1."""
+    total = scale
     first = "w1" if module.kind == "lokr" and module.w1 is not None else "w1_a"
     out = []
     for name, tensor in module.tensors().items():
@@ -276,7 +276,7 @@ def svd_of_sum(terms: list[tuple[float, AnyModule]], rank: int, oversample: int 
     """
     total = None
     for scale, module in terms:
-        delta = module.delta(torch.float32) * scale
+        delta = module.delta(torch.float32, scale=scale)  # the term's scale includes the module's own
         total = delta if total is None else total.add_(delta)
     small = min(total.shape)
     if rank + oversample >= small:

@@ -39,8 +39,9 @@ class LoraModule:
     def dtype(self) -> torch.dtype:
         return self.up.dtype
 
-    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.scale * (self.up.to(dtype) @ self.down.to(dtype))
+    def delta(self, dtype: torch.dtype = torch.float32, scale: float | None = None) -> torch.Tensor:
+        """scale x up @ down; `scale` replaces the module's own (e.g. by a merge's total)."""
+        return (self.scale if scale is None else scale) * (self.up.to(dtype) @ self.down.to(dtype))
 
 
 def _product(full: torch.Tensor | None, a: torch.Tensor | None, b: torch.Tensor | None,
@@ -85,10 +86,10 @@ class LokrModule:
         names = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
-    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def delta(self, dtype: torch.dtype = torch.float32, scale: float | None = None) -> torch.Tensor:
         w1 = _product(self.w1, self.w1_a, self.w1_b, dtype)
         w2 = _product(self.w2, self.w2_a, self.w2_b, dtype)
-        return self.scale * torch.kron(w1, w2)
+        return (self.scale if scale is None else scale) * torch.kron(w1, w2)
 
 
 @dataclass
@@ -117,8 +118,9 @@ class LohaModule:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"w1_a": self.w1_a, "w1_b": self.w1_b, "w2_a": self.w2_a, "w2_b": self.w2_b}
 
-    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.scale * ((self.w1_a.to(dtype) @ self.w1_b.to(dtype)) * (self.w2_a.to(dtype) @ self.w2_b.to(dtype)))
+    def delta(self, dtype: torch.dtype = torch.float32, scale: float | None = None) -> torch.Tensor:
+        product = (self.w1_a.to(dtype) @ self.w1_b.to(dtype)) * (self.w2_a.to(dtype) @ self.w2_b.to(dtype))
+        return (self.scale if scale is None else scale) * product
 
 
 AnyModule = LoraModule | LokrModule | LohaModule
