@@ -232,7 +232,7 @@ class FusedFromCopy(Weighting):
 
 def _dense_sum(target: Target, base: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
     """W0 + B·diag(s)·A + Σ s·ΔW (LoKr/LoHa), summed in float32 and rounded once to W0's dtype."""
-    total = base.float()
+    total = base.to(torch.float32, copy=True)  # never in place on the kept copy
     if target.stop > target.start:
         total.addmm_(target.up.float() * buffer[target.start:target.stop], target.down.float())
     for slot, module in target.dense:
