@@ -278,3 +278,10 @@ def test_other_models_named(tmp_path, keys, model):
     tensors = {k: torch.randn(4, 3072 if "transformer_blocks" in k else 8) for k in keys}
     message = refused(tmp_path, tensors)
     assert model in message and "not a Z-Image LoRA" in message
+
+
+def test_a_zimage_lora_with_text_encoder_parts_says_so(tmp_path):
+    tensors, _ = T.kohya(BLOCK[:1])
+    tensors["lora_te_layers_0_self_attn_q_proj.lora_down.weight"] = torch.randn(4, 16)
+    message = refused(tmp_path, tensors)
+    assert "text-encoder LoRA weights too" in message and "transformer part alone" in message

@@ -79,6 +79,9 @@ def _flat(name: str) -> str:
 _BLOCK_SUFFIX_OF_FLAT = {_flat(s): s for s in (*COMPONENTS.values(), _FUSED_QKV, _FUSED_OUT)}
 _BLOCK_OF_FLAT = {_flat(b): b for b in ("layers", *REFINERS)}
 _OTHER_OF_FLAT = {_flat(alias): path for path, aliases in OTHER_MODULES.items() for alias in (path, *aliases)}
+# What musubi's diffusers converter leaves of names with underscores (diffusers repairs the same)
+_MANGLED = ("context.refiner", "noise.refiner", "adaLN.modulation", "t.embedder", "cap.embedder", "x.embedder",
+            "final.layer")
 _FLAT_BLOCK_RE = re.compile(r"^(layers|noise\.refiner|context\.refiner)\.(\d+)\.(.+)$")
 
 # Adapters that are not LoRA/LoKr/LoHa, recognised by a key pattern.
@@ -101,7 +104,7 @@ _OTHER_MODELS = (
     (r"joint_blocks|context_block|x_block", "SD3"),
     (r"lora_te[12]_|text_encoder_2", "SDXL (its two text encoders)"),
     (r"input_blocks|output_blocks|middle_block|down_blocks|up_blocks|mid_block", "SDXL or Stable Diffusion 1.x/2.x (a UNet)"),
-    (r"lora_te_|text_model|text_encoder", "a text encoder (zsearch weights the Z-Image transformer only)"),
+    ("", None),  # text encoders: _refuse_text_encoder
     (r"self_attn|cross_attn|(^|[._])blocks[._]\d+[._](attn1|attn2|ffn)", "Wan"),
     (r"feed_forward[._]linear_\d|time_caption_embed|(^|[._])layers[._]\d+[._]attn[._]", "Lumina 2 (diffusers naming)"),
     (r"conditional_transformer|attention[._]o([._]|$)|adaln_modulation", "Ideogram 4"),
@@ -220,6 +223,9 @@ def _cast_up(tensor: torch.Tensor) -> torch.Tensor:
 def _refuse_other_models(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     keys = list(tensors)
     for pattern, model in _OTHER_MODELS:
+        if model is None:  # text encoders, after SDXL's and before Wan's patterns (CLIP has `self_attn` too)
+            _refuse_text_encoder(path, keys)
+            continue
         hit = next((k for k in keys if re.search(pattern, k)), None)
         if hit is not None:
             raise UserError(f"{path}: a LoRA of {model} (key '{hit}'), not a Z-Image LoRA; use a LoRA trained for "
@@ -231,6 +237,17 @@ def _refuse_other_models(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         model = {3072: "Qwen-Image", 1536: "SD3", 2432: "SD3.5"}.get(width, "Qwen-Image, Flux or SD3")
         raise UserError(f"{path}: a LoRA of {model} (key '{hit}': diffusers transformer_blocks.N.attn, "
                         f"width {width}), not a Z-Image LoRA; use a LoRA trained for Z-Image")
+
+
+def _refuse_text_encoder(path: Path, keys: list[str]) -> None:
+    text_encoder = next((k for k in keys if _TEXT_ENCODER.search(k)), None)
+    if text_encoder is None:
+        return
+    if any((split := _split_role(k)) and _locate(split[0]) for k in keys):
+        raise UserError(f"{path}: holds text-encoder LoRA weights too (key '{text_encoder}'), which zsearch "
+                        f"cannot weight; save the Z-Image transformer part alone and give that file")
+    raise UserError(f"{path}: its keys belong to a text encoder (e.g. '{text_encoder}'; zsearch weights the "
+                    f"Z-Image transformer only), not a Z-Image LoRA")
 
 
 def _refuse_other_adapters(path: Path, keys: list[str]) -> None:
@@ -266,8 +283,7 @@ def _locate(name: str) -> tuple[str, str, str] | None:
             canonical = f"{_BLOCK_OF_FLAT[match.group(1)]}.{match.group(2)}.{_BLOCK_SUFFIX_OF_FLAT[match.group(3)]}"
         if fmt == "kohya" and rest.startswith("_"):
             fmt = "videox-fun"
-        elif fmt in ("ai-toolkit", "diffusers", "diffsynth") and rest != canonical and "_" not in rest.replace(
-                "to_", "").replace("feed_forward", "").replace("adaLN_", ""):
+        elif "." in rest and any(token in rest for token in _MANGLED):
             fmt = "musubi-converted"  # dots where the module names have underscores
         return canonical, fmt, rest
     return None
