@@ -44,3 +44,25 @@ def test_diffusers_loads_the_modules_outside_the_blocks(tmp_path, pipeline_dir):
         assert error < 1e-5, (path, error)
     untouched = [n for n in before if n.removesuffix(".weight") not in deltas]
     assert all(torch.equal(after[n], before[n]) for n in untouched)
+
+
+def test_as_lora_turns_a_lokr_into_a_lora_diffusers_loads(tmp_path, pipeline_dir, capsys):
+    tensors, deltas = {}, {}
+    for path in ("layers.3.attention.to_q", "layers.3.feed_forward.w1"):
+        t, e = T.lokr(path, rank=2, alpha=3.0)
+        tensors.update(t), deltas.update(e)
+    source = tmp_path / "lokr.safetensors"
+    save_file(tensors, str(source))
+    out = tmp_path / "merged.safetensors"
+    # kron(4x4 whole, rank-2 pair) has rank 8: at --rank 8 the SVD is exact up to float rounding
+    assert main(["merge", str(source), "--ratio", "0.6", "--as-lora", "--rank", "8", "-o", str(out)]) == 0
+    assert "2 LoKr/LoHa or mixed modules SVD'd to LoRA" in capsys.readouterr().out
+    pipe = diffusers.ZImagePipeline.from_pretrained(pipeline_dir)
+    before = {name: p.detach().clone() for name, p in pipe.transformer.named_parameters()}
+    pipe.load_lora_weights(str(out), adapter_name="merged")
+    pipe.fuse_lora(lora_scale=1.0)
+    after = {name.replace(".base_layer", ""): p.detach().clone() for name, p in pipe.transformer.named_parameters()
+             if "lora_" not in name}
+    for path, delta in deltas.items():
+        change = after[f"{path}.weight"].double() - before[f"{path}.weight"].double()
+        assert ((change - 0.6 * delta).norm() / (0.6 * delta).norm()).item() < 1e-5, path

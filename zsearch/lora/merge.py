@@ -73,7 +73,7 @@ class MergeReport:
         if self.dropped:
             text += f", {len(self.dropped)} dropped (scale 0)"
         if self.mixed:
-            text += f", {len(self.mixed)} with mixed LoRA/LoKr/LoHa inputs SVD'd to LoRA"
+            text += f", {len(self.mixed)} LoKr/LoHa or mixed modules SVD'd to LoRA"
         if self.rank is None and not self.errors:
             return text + ", exact"
         text += f", SVD to rank {self.rank or MIXED_RANK}: relative error {self.relative_error:.3g}"
@@ -148,8 +148,12 @@ class MergePlan:
 
 
 def plan_merge(loras: list[Lora], scales: list[dict[str, float]], rank: int | None = None,
-               dtype: torch.dtype | None = None) -> MergePlan:
-    """Check the inputs and decide every output module and its shapes, without computing any."""
+               dtype: torch.dtype | None = None, as_lora: bool = False) -> MergePlan:
+    """Check the inputs and decide every output module and its shapes, without computing any.
+
+    `as_lora`: write a lone LoKr/LoHa as an SVD LoRA too (for loaders that read LoRA keys only,
+    such as diffusers' Z-Image loader), instead of keeping its kind.
+    """
     if len(loras) != len(scales):
         raise ValueError(f"{len(loras)} LoRAs but {len(scales)} scale maps")
     if not loras:
@@ -173,7 +177,7 @@ def plan_merge(loras: list[Lora], scales: list[dict[str, float]], rank: int | No
             # compress_terms keeps at most the core's size: min(total, out, in) singular values
             out_rank = total if rank is None else min(rank, total, out_features, in_features)
             how = "concat" if rank is None else "compress"
-        elif len(terms) == 1:
+        elif len(terms) == 1 and not as_lora:
             out_rank, how = 0, "lycoris"
         else:
             out_rank, how = min(rank or MIXED_RANK, out_features, in_features), "mixed"
@@ -182,13 +186,13 @@ def plan_merge(loras: list[Lora], scales: list[dict[str, float]], rank: int | No
 
 
 def merge_loras(loras: list[Lora], scales: list[dict[str, float]], rank: int | None = None,
-                dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], MergeReport]:
+                dtype: torch.dtype | None = None, as_lora: bool = False) -> tuple[dict[str, torch.Tensor], MergeReport]:
     """Sum `scales[i][m] * delta_i[m]` over LoRAs for every module m, as one LoRA state dict.
 
     Keys are `diffusion_model.<module>.lora_A/lora_B.weight` with every scale folded into B;
     a module missing from `scales[i]` weighs 0 for LoRA i. dtype defaults to the inputs'.
     """
-    plan = plan_merge(loras, scales, rank, dtype)
+    plan = plan_merge(loras, scales, rank, dtype, as_lora)
     report = MergeReport(rank=rank, dtype=plan.dtype)
     state = dict(plan.compute(report))
     return state, report
@@ -197,12 +201,12 @@ def merge_loras(loras: list[Lora], scales: list[dict[str, float]], rank: int | N
 def merge_to_file(loras: list[Lora], scales: list[dict[str, float]], path: str | os.PathLike,
                   metadata: dict[str, str] | Callable[[MergeReport], dict[str, str]],
                   rank: int | None = None, dtype: torch.dtype | None = None, force: bool = False,
-                  inputs: Iterable[str | os.PathLike] = ()) -> MergeReport:
+                  inputs: Iterable[str | os.PathLike] = (), as_lora: bool = False) -> MergeReport:
     """`merge_loras` written straight to `path`, one module at a time: the output is never whole
     in memory. `metadata` may be a function of the finished report (e.g. to record the error)."""
     inputs = list(inputs)
     path = check_output(path, inputs, force)
-    plan = plan_merge(loras, scales, rank, dtype)
+    plan = plan_merge(loras, scales, rank, dtype, as_lora)
     if not plan.modules:
         raise UserError("every module has scale 0 (check --ratio and the block weights); nothing to write")
     report = MergeReport(rank=rank, dtype=plan.dtype)
