@@ -223,10 +223,12 @@ def test_musubi_comfy_fused_loha_splits_exactly_at_rank_r(tmp_path):
     assert {lora.modules[p].rank for p in expected} == {2}
 
 
-def test_diffusers_prefixed_lokr_from_musubi_converter(tmp_path):
-    t, expected = T.lokr("layers.0.attention.to_q", rank=2, alpha=1.0)
-    tensors = {k.replace("lycoris_layers_0_attention_to_q", "diffusion_model.layers.0.attention.to_q"): v
-               for k, v in t.items()}
+@pytest.mark.parametrize("name", ["diffusion_model.layers.0.attention.to_q",  # musubi's diffusers converter
+                                  "transformer.layers.0.attention.to_q",
+                                  "lora_transformer_layers_0_attention_to_q",  # AI-Toolkit's network prefix
+                                  "lora_unet_layers_0_attention_to_q"])  # musubi
+def test_lokr_under_every_prefix(tmp_path, name):
+    tensors, expected = T.lokr("layers.0.attention.to_q", rank=2, alpha=1.0, name=name)
     assert_exact(load_lora(save(tmp_path, tensors)), expected)
 
 
