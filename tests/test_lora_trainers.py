@@ -84,9 +84,10 @@ def test_modules_outside_the_blocks(tmp_path, names):
     assert_exact(lora, expected)
 
 
-def test_modules_outside_the_blocks_kohya_names(tmp_path):
-    tensors, expected = T.kohya(BLOCK[:2] + OTHER, rank=2, alpha=1.0)
-    assert "lora_unet_all_x_embedder_2-1.lora_down.weight" in tensors
+@pytest.mark.parametrize("prefix", ["lora_unet_", "lora_transformer_"])  # musubi; OneTrainer/AI-Toolkit networks
+def test_modules_outside_the_blocks_kohya_names(tmp_path, prefix):
+    tensors, expected = T.kohya(BLOCK[:2] + OTHER, rank=2, alpha=1.0, prefix=prefix)
+    assert f"{prefix}all_x_embedder_2-1.lora_down.weight" in tensors
     assert_exact(load_lora(save(tmp_path, tensors)), expected)
 
 
@@ -120,6 +121,29 @@ def test_fused_qkv_with_a_dense_b_keeps_the_shared_rank(tmp_path):
         module = lora.modules[f"layers.0.attention.{c}"]
         assert module.rank == 2
         assert torch.allclose(module.delta(torch.float64), T.lora_delta(down, up.chunk(3)[i]), atol=1e-12)
+
+
+def test_comfyui_extract_node_layout(tmp_path):
+    """comfy_extras/nodes_lora_extract.py: SVD of each weight difference of ComfyUI's own model
+    (fused qkv, `out`, `x_embedder`, `final_layer.linear`), up = U S, down = Vh, no alpha."""
+    rank, tensors, expected = 3, {}, {}
+    for comfy_name, (out_f, in_f), targets in (
+            ("layers.4.attention.qkv", (3 * T.DIM, T.DIM), ["layers.4.attention.to_q", "layers.4.attention.to_k",
+                                                          "layers.4.attention.to_v"]),
+            ("layers.4.attention.out", (T.DIM, T.DIM), ["layers.4.attention.to_out.0"]),
+            ("x_embedder", (T.DIM, 64), ["all_x_embedder.2-1"]),
+            ("final_layer.linear", (64, T.DIM), ["all_final_layer.2-1.linear"])):
+        diff = T.rand(out_f, in_f)
+        u, s, vh = torch.linalg.svd(diff)
+        up, down = (u[:, :rank] @ torch.diag(s[:rank])).contiguous(), vh[:rank].contiguous()
+        tensors[f"diffusion_model.{comfy_name}.lora_up.weight"] = up
+        tensors[f"diffusion_model.{comfy_name}.lora_down.weight"] = down
+        full = up.double() @ down.double()
+        for target, part in zip(targets, full.chunk(len(targets))):
+            expected[target] = part
+    lora = load_lora(save(tmp_path, tensors))
+    assert_exact(lora, expected)
+    assert lora.modules["layers.4.attention.to_k"].rank == rank  # a dense fused B keeps the shared rank
 
 
 # -- PEFT and diffusers, run for real ----------------------------------------------------------------

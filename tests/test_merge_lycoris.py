@@ -3,6 +3,7 @@
 embedders and final layer. Outputs are checked by reading their tensors directly with the
 loaders' rules (ComfyUI's LoKr/LoHa alpha rules, diffusers' lora_A/lora_B), not with zsearch."""
 
+import json
 import math
 
 import pytest
@@ -118,7 +119,9 @@ def test_mixed_kinds_become_an_svd_lora_with_the_error_measured(tmp_path, capsys
     s = torch.linalg.svdvals(total)
     best = math.sqrt(float((s[6:] ** 2).sum() / (s ** 2).sum()))
     assert best - 1e-9 <= error <= best * 1.05 + 1e-6
-    assert f"relative error {error:.3g}" in stdout or f"{error:.3g}" in stdout
+    assert f"  {shared}: LoKr/LoHa delta as a rank-6 LoRA, relative error {error:.3g}" in stdout
+    merge_info = json.loads(read(out)[1]["zsearch.merge"])
+    assert merge_info["module_errors"][shared] == pytest.approx(error, rel=1e-4)
     # the LoRA-only module is compressed like any rank merge (rank 4 <= 6: exact)
     assert rel(lora_delta(state, P + only_lora), 1.2 * lora_e[only_lora]) < 1e-6
 

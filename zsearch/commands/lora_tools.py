@@ -81,6 +81,8 @@ def cmd_merge(args) -> int:
         merge_info = {"rank": args.rank, "dtype": str(report.dtype).removeprefix("torch.")}
         if args.rank is not None or report.errors:  # an SVD was made (--rank, or LoKr/LoHa written as LoRA)
             merge_info["relative_error"] = report.relative_error
+        if report.mixed:  # LoKr/LoHa deltas written as LoRA: each module's own error
+            merge_info["module_errors"] = {path: report.errors[path] for path in report.mixed}
         return {**provenance, "zsearch.merge": json.dumps(merge_info)}
 
     # streamed: each module is written as it is merged, so the output is never whole in memory
@@ -89,6 +91,8 @@ def cmd_merge(args) -> int:
     out = Path(args.output)
     size_mb = out.stat().st_size / 2 ** 20
     print(f"wrote {out} ({size_mb:.1f} MiB): {len(recipe.loras)} LoRA(s), {report.summary()}")
+    for path in report.mixed:
+        print(f"  {path}: LoKr/LoHa delta as a rank-{report.ranks[path]} LoRA, relative error {report.errors[path]:.3g}")
     return 0
 
 

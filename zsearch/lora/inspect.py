@@ -95,6 +95,9 @@ def _notes(lora: Lora) -> list[str]:
     notes = []
     if lora.dim != ZIMAGE_TURBO_DIM:
         notes.append(f"width {lora.dim} is not Z-Image-Turbo's {ZIMAGE_TURBO_DIM} (a test LoRA, or another model)")
+    if not lora.plain:
+        notes.append("diffusers' Z-Image loader reads LoRA keys only (ComfyUI also loads LoKr/LoHa); "
+                     "`zsearch merge FILE --ratio 1 --as-lora --rank N -o OUT.safetensors` writes it as a LoRA")
     if lora.format.startswith("kohya"):
         notes.append("ComfyUI drops kohya-named attention keys; `zsearch merge FILE --ratio 1 -o OUT.safetensors` "
                      "rewrites it in the AI-Toolkit form that ComfyUI and diffusers load")

@@ -489,7 +489,7 @@ def _split_fused(path: Path, name: str, module: AnyModule, group: dict) -> list[
     (q's rows use only q's columns), so a part of a fused rank-3r LoRA has rank r again. Leaving
     out columns of B that are all zero is exact whatever the layout.
     """
-    block, _, suffix = name.partition(".")[0], None, name.split(".", 2)[-1]
+    suffix = name.split(".", 2)[-1]  # `attention.qkv` of `layers.3.attention.qkv`
     if suffix == _FUSED_OUT:
         return [(name.replace(_FUSED_OUT, COMPONENTS["to_out"]), module)]
     if suffix != _FUSED_QKV:
