@@ -191,6 +191,30 @@ def test_peft_rslora(tmp_path):
     assert lora.modules["layers.0.attention.to_q"].scale == pytest.approx(4.0)  # 8 / sqrt(4)
 
 
+def test_diffusers_save_lora_weights_run_for_real(tmp_path):
+    peft = pytest.importorskip("peft")
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from peft.utils import get_peft_model_state_dict
+    from zsearch.demo import TRANSFORMER_CONFIG
+    torch.manual_seed(1)
+    model = ZImageTransformer2DModel(**{**TRANSFORMER_CONFIG, "n_layers": 3})
+    config = peft.LoraConfig(r=4, lora_alpha=12, target_modules=["to_q", "to_v", "w1", "cap_embedder.1"],
+                             alpha_pattern={r"layers\.[12]\.attention\.to_[qv]": 2})
+    model.add_adapter(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    ZImagePipeline.save_lora_weights(str(tmp_path / "saved"), transformer_lora_layers=get_peft_model_state_dict(model),
+                                     transformer_lora_adapter_metadata=config.to_dict())
+    expected = {name: m.scaling["default"] * (m.lora_B["default"].weight.double() @ m.lora_A["default"].weight.double())
+                for name, m in model.named_modules() if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})}
+    lora = load_lora(tmp_path / "saved")  # the folder, or its pytorch_lora_weights.safetensors
+    assert_exact(lora, expected)
+    assert_exact(load_lora(tmp_path / "saved" / "pytorch_lora_weights.safetensors"), expected)
+    assert lora.modules["layers.1.attention.to_v"].scale == 0.5 and lora.modules["layers.0.attention.to_v"].scale == 3.0
+
+
 def test_diffusers_metadata_regex_alpha_pattern(tmp_path):
     tensors, _ = T.aitk(["layers.0.attention.to_q", "layers.1.attention.to_q", "layers.1.attention.to_k"], rank=4)
     tensors = {k.replace("diffusion_model.", "transformer."): v for k, v in tensors.items()}
@@ -292,6 +316,8 @@ def test_other_widths_of_zimage_names_are_accepted(tmp_path):
       "lora_unet_single_blocks_0_linear1.lora_down.weight"], "Flux"),
     (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight", "transformer.transformer_blocks.0.attn.to_k.lora_A.weight"],
      "Qwen-Image"),
+    (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight", "transformer.transformer_blocks.0.ff_context.net.2.lora_A.weight"],
+     "Flux"),
     (["transformer.layers.0.attn.to_q.lora_A.weight", "transformer.layers.0.feed_forward.linear_1.lora_A.weight"], "Lumina 2"),
     (["diffusion_model.layers.0.attention.qkv.lora_A.weight", "diffusion_model.layers.0.adaLN_modulation.1.lora_A.weight"],
      "Lumina 2"),

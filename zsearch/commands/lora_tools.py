@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..blocks import COMPONENTS, GROUPS
+from ..blocks import COMPONENTS, GROUPS, OTHER
 from ..errors import UserError
 from ..recipe import Recipe, load_recipe, parse_recipe
 
@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="required with LoRA files: once per LoRA, or once for all")
     weights = p.add_argument_group("block weights (multiply every LoRA's ratio; default 1.0)")
     for name in WEIGHT_FLAGS:
-        group_of = f" (group: {', '.join(GROUPS[name])})" if name in GROUPS else ""
+        group_of = f" (group: {', '.join(GROUPS[name])})" if name in GROUPS and name != OTHER else ""
+        if name == OTHER:
+            group_of = " (the modules outside the blocks: t_embedder, cap_embedder, x_embedder, final_layer)"
         weights.add_argument(f"--{name}", type=float, dest=f"weight_{name}", metavar="X",
                              help=f"weight of {name}{group_of}")
     weights.add_argument("--layers", metavar="SPEC",

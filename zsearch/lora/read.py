@@ -98,8 +98,8 @@ _NOT_LORA = (
 
 # Other models, by a key fragment no Z-Image file has (checked in this order).
 _OTHER_MODELS = (
-    (r"double_blocks|single_blocks|single_transformer_blocks|ff_context|norm1_context|context_embedder"
-     r"|guidance_in|distilled_guidance", "Flux (or a model built like it: Chroma, HunyuanVideo)"),
+    (r"double_blocks|single_blocks|single_transformer_blocks|guidance_in|distilled_guidance",
+     "Flux (or a model built like it: Chroma, HunyuanVideo)"),
     (r"img_mlp|txt_mlp|img_mod|txt_mod", "Qwen-Image"),
     (r"joint_blocks|context_block|x_block", "SD3"),
     (r"lora_te[12]_|text_encoder_2", "SDXL (its two text encoders)"),
@@ -110,7 +110,7 @@ _OTHER_MODELS = (
     (r"conditional_transformer|attention[._]o([._]|$)|adaln_modulation", "Ideogram 4"),
     (r"(layers|refiner)[._]\d+[._]adaLN_modulation[._]1", "Lumina 2 (its blocks' adaLN is adaLN_modulation.1)"),
 )
-_DIFFUSERS_BLOCKS = re.compile(r"(^|[._])transformer_blocks[._]\d+[._]attn[._]")
+_DIFFUSERS_BLOCKS = re.compile(r"(^|[._])transformer_blocks[._]\d+[._](attn|ff|ff_context|norm1|norm1_context)[._]")
 _TEXT_ENCODER = re.compile(r"lora_te\d?_|text_encoder|text_model|(^|[._])te\d?[._]")
 
 # Widths of other models that share Z-Image's names (Lumina 2, Ideogram 4) or could be mistaken for it.
@@ -162,6 +162,8 @@ def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], d
     if path.is_dir():
         weights = path / "adapter_model.safetensors"
         if not weights.is_file():
+            if (path / "pytorch_lora_weights.safetensors").is_file():  # diffusers' save_lora_weights folder
+                return _read_source(path / "pytorch_lora_weights.safetensors")
             raise UserError(f"{path}: is a folder without adapter_model.safetensors; give a .safetensors LoRA file "
                             f"or a PEFT save_pretrained folder")
         tensors, metadata = _read_safetensors(weights)
@@ -231,12 +233,18 @@ def _refuse_other_models(path: Path, tensors: dict[str, torch.Tensor]) -> None:
             raise UserError(f"{path}: a LoRA of {model} (key '{hit}'), not a Z-Image LoRA; use a LoRA trained for "
                             f"Z-Image")
     hit = next((k for k in keys if _DIFFUSERS_BLOCKS.search(k)), None)
-    if hit is not None:
-        width = next((t.shape[-1] for k, t in tensors.items() if _DIFFUSERS_BLOCKS.search(k) and t.ndim == 2
-                      and re.search(r"attn[._]to_q[._]lora[._]?(A|down)", k)), None)
-        model = {3072: "Qwen-Image", 1536: "SD3", 2432: "SD3.5"}.get(width, "Qwen-Image, Flux or SD3")
-        raise UserError(f"{path}: a LoRA of {model} (key '{hit}': diffusers transformer_blocks.N.attn, "
-                        f"width {width}), not a Z-Image LoRA; use a LoRA trained for Z-Image")
+    if hit is not None:  # diffusers `transformer_blocks.N`: Qwen-Image, Flux's double blocks or SD3, told by width
+        width = next((t.shape[-1] for k, t in tensors.items() if t.ndim == 2 and _DIFFUSERS_BLOCKS.search(k)
+                      and re.search(r"attn[._]to_[qkv][._]lora[._]?(A|down)", k)), None)
+        flux_like = any(re.search(r"ff_context|norm1_context|(^|[._])ff[._]net", k) for k in keys)
+        if width in (1536, 2432):
+            model = "SD3"
+        elif width == 3072:
+            model = "Flux" if flux_like else "Qwen-Image"
+        else:
+            model = "Flux or SD3" if flux_like else "Qwen-Image, Flux or SD3"
+        raise UserError(f"{path}: a LoRA of {model} (key '{hit}': diffusers transformer_blocks, width {width}), "
+                        f"not a Z-Image LoRA; use a LoRA trained for Z-Image")
 
 
 def _refuse_text_encoder(path: Path, keys: list[str]) -> None:
