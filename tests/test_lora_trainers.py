@@ -184,6 +184,20 @@ def test_peft_save_pretrained_folder_with_alpha_and_regex_patterns(tmp_path):
     assert lora.modules["layers.2.attention.to_q"].scale == pytest.approx(2.0)
 
 
+def test_peft_folder_merges_from_the_command_line(tmp_path, capsys):
+    from safetensors import safe_open
+    from zsearch.cli import main
+    folder, expected = _peft_folder(tmp_path, r=4, lora_alpha=2)
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", str(folder), "--ratio", "1", "-o", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        for path, want in expected.items():
+            got = f.get_tensor(f"diffusion_model.{path}.lora_B.weight").double() @ \
+                f.get_tensor(f"diffusion_model.{path}.lora_A.weight").double()
+            assert ((got - want).norm() / want.norm()).item() < 1e-6, path
+        assert "adapter" in f.metadata()["zsearch.sources"]
+
+
 def test_peft_rslora(tmp_path):
     folder, expected = _peft_folder(tmp_path, r=4, lora_alpha=8, use_rslora=True)
     lora = load_lora(folder)
