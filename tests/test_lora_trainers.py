@@ -351,3 +351,18 @@ def test_a_zimage_lora_with_text_encoder_parts_says_so(tmp_path):
     tensors["lora_te_layers_0_self_attn_q_proj.lora_down.weight"] = torch.randn(4, 16)
     message = refused(tmp_path, tensors)
     assert "text-encoder LoRA weights too" in message and "transformer part alone" in message
+
+
+@pytest.mark.parametrize("rows_split", [True, False])
+def test_fused_qkv_lokr_splits_into_q_k_v(tmp_path, rows_split):
+    """A LoKr trained on ComfyUI's fused qkv (lycoris_layers_0_attention_qkv): each third of its rows."""
+    w1 = T.rand(6, 4) if rows_split else T.rand(8, 4)  # 96 rows = 6 x 16 (splits) or 8 x 12 (does not)
+    w2_a, w2_b = T.rand(96 // w1.shape[0], 2), T.rand(2, T.DIM // 4)
+    name = "lycoris_layers_0_attention_qkv"
+    tensors = {f"{name}.lokr_w1": w1, f"{name}.lokr_w2_a": w2_a, f"{name}.lokr_w2_b": w2_b,
+               f"{name}.alpha": torch.tensor(1.0)}
+    full = 0.5 * torch.kron(w1.double(), w2_a.double() @ w2_b.double())
+    expected = {f"layers.0.attention.{c}": part for c, part in zip(("to_q", "to_k", "to_v"), full.chunk(3))}
+    lora = load_lora(save(tmp_path, tensors))
+    assert_exact(lora, expected)
+    assert lora.kinds == ({"lokr"} if rows_split else {"lora"})

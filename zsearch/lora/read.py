@@ -524,15 +524,20 @@ def _fused_part(path: Path, module: AnyModule, index: int, group: dict) -> AnyMo
             return None
         return LohaModule(one[0], one[1], two[0], two[1], module.scale)
     # LoKr: rows of kron(w1, w2) in thirds are kron(w1's rows in thirds, w2) when w1's rows split in 3
-    w1_rows = module.factor_shape(1)[0]
-    if w1_rows % 3:
-        raise UserError(f"{path}: fused LoKr '{group['keys'][0]}' has a w1 of {w1_rows} rows, which does not split "
-                        f"into q, k and v; re-export it per to_q/to_k/to_v")
-    if module.w1 is not None:
-        return LokrModule(w1=module.w1.chunk(3, dim=0)[index].contiguous(), w2=module.w2, w2_a=module.w2_a,
-                          w2_b=module.w2_b, scale=module.scale)
-    return LokrModule(w1_a=module.w1_a.chunk(3, dim=0)[index].contiguous(), w1_b=module.w1_b, w2=module.w2,
-                      w2_a=module.w2_a, w2_b=module.w2_b, scale=module.scale)
+    if module.factor_shape(1)[0] % 3 == 0:
+        if module.w1 is not None:
+            return LokrModule(w1=module.w1.chunk(3, dim=0)[index].contiguous(), w2=module.w2, w2_a=module.w2_a,
+                              w2_b=module.w2_b, scale=module.scale)
+        return LokrModule(w1_a=module.w1_a.chunk(3, dim=0)[index].contiguous(), w1_b=module.w1_b, w2=module.w2,
+                          w2_a=module.w2_a, w2_b=module.w2_b, scale=module.scale)
+    # otherwise a third of the rows is no Kronecker product: its delta as an exact-rank LoRA (float64 SVD)
+    part = module.delta(torch.float64).chunk(3, dim=0)[index]
+    u, s, vh = torch.linalg.svd(part, full_matrices=False)
+    keep = int((s > s.max() * 1e-12).sum()) if s.numel() and float(s.max()) > 0 else 0
+    if keep == 0:
+        return None
+    root = s[:keep].sqrt()
+    return LoraModule((root[:, None] * vh[:keep]).float(), (u[:, :keep] * root).float(), 1.0)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
