@@ -366,3 +366,16 @@ def test_fused_qkv_lokr_splits_into_q_k_v(tmp_path, rows_split):
     lora = load_lora(save(tmp_path, tensors))
     assert_exact(lora, expected)
     assert lora.kinds == ({"lokr"} if rows_split else {"lora"})
+
+
+def test_incomplete_lycoris_modules(tmp_path):
+    assert "has no LoRA/LoKr/LoHa weight" in refused(tmp_path, {"lycoris_layers_0_attention_to_q.alpha": torch.tensor(1.0)})
+    t, _ = T.loha("layers.0.attention.to_q")
+    t.pop("lycoris_layers_0_attention_to_q.hada_w2_b")
+    assert "hada_w2_b" in refused(tmp_path, t, "loha.safetensors")
+    t, _ = T.lokr("layers.0.attention.to_q")
+    t.pop("lycoris_layers_0_attention_to_q.lokr_w2_b")
+    assert "lokr_w2" in refused(tmp_path, t, "lokr.safetensors")
+    t, _ = T.kohya(["layers.0.attention.to_q"])
+    t["lora_unet_layers_0_attention_to_q.hada_w1_a"] = torch.randn(32, 2)
+    assert "mixes" in refused(tmp_path, t, "mixed.safetensors")

@@ -388,6 +388,8 @@ def _build_modules(path: Path, groups: dict[str, dict], config: dict) -> dict[st
     for name, group in groups.items():
         roles = {r for r in group if r not in ("keys", "written", "alpha")}
         kinds = {"lokr" if r.startswith("lokr_") else "loha" if r.startswith("hada_") else "lora" for r in roles}
+        if not kinds:
+            raise _missing(path, name, group, "LoRA/LoKr/LoHa")
         if len(kinds) != 1:
             raise UserError(f"{path}: {name} mixes {' and '.join(sorted(kinds))} weights ({group['keys'][0]}, ...); "
                             f"the file is inconsistent, re-export it")
