@@ -17,6 +17,7 @@ from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
 from ..config import Config, check_inputs
+from ..engine.compile import planned_images
 from ..errors import UserError
 from ..grid import render_grid, save_png
 from .best import GRID_ATTR, export_best, pick_best, trial_score
@@ -37,13 +38,15 @@ def prepare(config: Config) -> None:
     check_inputs(config)
 
 
-def load_engine(config: Config):
-    from ..engine import Engine
+def load_engine(config: Config, planned_images: int = 0):
+    from ..engine import Engine  # planned_images: what render.compile auto weighs the warm-up against
     from ..lora.read import load_loras
     loras = load_loras([lora.path for lora in config.loras])
     prompts = list(dict.fromkeys([*config.prompt_list, *config.validation_prompts]))
-    return Engine(config.model, loras, prompts, device=config.device,
-                  way=config.render.way, cache_dir=config.cache_dir)
+    r = config.render
+    return Engine(config.model, loras, prompts, device=config.device, way=r.way, cache_dir=config.cache_dir,
+                  memory=r.memory, compile=r.compile, planned_images=planned_images,
+                  render_size=(r.steps, r.width, r.height))
 
 
 def load_scorers(config: Config, device) -> Scorers:
@@ -179,7 +182,9 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
 
     with GracefulStop() as stop:
         say(f"loading {config.model} on {config.device} ...")
-        engine = load_engine(config)
+        engine = load_engine(config, planned_images(total - done, len(config.prompt_list) * len(config.seeds),
+                                                    config.search.hours))
+        say(engine.placement)
         scorers = load_scorers(config, engine.device)
         if "noise" not in study.user_attrs and config.noise.repeats and not stop.requested:
             say(f"scoring the baseline on {config.noise.repeats + 1} seed sets (the noise band) ...")
