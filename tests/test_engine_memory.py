@@ -128,3 +128,31 @@ def test_auto_on_a_cpu_holds_the_weights_whole(demo_assets, tmp_path):
         assert engine.placement.startswith("memory full (no GPU memory to budget); weighting side")
     finally:
         engine.close()
+
+
+# -- the config keys -------------------------------------------------------------------------------
+
+def _config(tmp_path, render):
+    import yaml
+
+    from zsearch.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "loras": [{"path": "a.safetensors", "search": {"ratio": [0.0, 1.5]}}], "references": "refs",
+                                    "prompts": ["a cat"], "render": render}))
+    return load_config(path)
+
+
+def test_render_memory_and_compile_parse_and_leave_the_fingerprint_alone(tmp_path):
+    default = _config(tmp_path, {})
+    assert default.render.memory == "auto" and default.render.compile == "auto"
+    chosen = _config(tmp_path, {"memory": "fp8", "compile": True})
+    assert chosen.render.memory == "fp8" and chosen.render.compile is True
+    assert _config(tmp_path, {"compile": False}).render.compile is False
+    assert chosen.fingerprint_hash() == default.fingerprint_hash()  # a study resumes with either
+
+
+def test_a_wrong_memory_value_names_the_key(tmp_path):
+    with pytest.raises(UserError, match="render.memory") as info:
+        _config(tmp_path, {"memory": "bf16"})
+    assert "\n" not in str(info.value)
