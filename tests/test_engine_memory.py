@@ -135,7 +135,7 @@ def test_auto_on_a_cpu_holds_the_weights_whole(demo_assets, tmp_path):
 def _config(tmp_path, render):
     import yaml
 
-    from zsearch.config import load_config
+    from zsearch.inputs import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "loras": [{"path": "a.safetensors", "search": {"ratio": [0.0, 1.5]}}], "references": "refs",

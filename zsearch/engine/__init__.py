@@ -50,13 +50,14 @@ class Engine:
         encoded = time.perf_counter()
         self.pipe = load_pipeline(model, self.device, self.dtype, with_text_encoder=False, place=False)
         self.memory, memory_why = resolve_memory(memory, self.device, self.pipe.transformer, self.dtype)
-        way = way_for(way, self.memory)  # before placing: a refused combination costs no GPU time
-        place_pipeline(self.pipe, self.memory, self.device, self.dtype)
-        self.weighting: Weighting = attach_loras(self.pipe.transformer, loras, way, device=self.device,
-                                                 dtype=self.dtype)
+        # decided before placing: a refused combination costs no GPU time
+        way = way_for(way, self.memory)
         steps, width, height = render_size
         self.compiled, compile_why = decide_compile(compile, self.device.type, planned_images, steps, width,
                                                     height, self.memory)
+        place_pipeline(self.pipe, self.memory, self.device, self.dtype)
+        self.weighting: Weighting = attach_loras(self.pipe.transformer, loras, way, device=self.device,
+                                                 dtype=self.dtype)
         if self.compiled:
             compile_blocks(self.pipe.transformer)  # lazily: the first render compiles
         self.placement = f"{memory_why}; weighting {self.weighting.name}; {compile_why}"
