@@ -126,6 +126,7 @@ def main() -> None:
             d = weight_distance(f["loras"], best, assets.hidden_recipe)
             print(f"zsearch run: {seconds:.1f} s; best distance {d:.3f} = {d / f['baseline_distance']:.2f} x "
                   f"baseline's (target <= 0.3); best score {best.info.get('score')}")
+            print(f"gain: {best.info.get('scores', {}).get('gain')}")
 
 
 def _threads(n: int):
