@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,7 @@ from ..provenance import provenance_metadata
 from ..recipe import Recipe, save_recipe
 from .space import SearchSpace
 from .study import baseline_trial
+from .review import reviewed_best
 from .trust import validated_best
 
 GRID_ATTR = "grid_artifact"
@@ -34,14 +36,28 @@ GRID_ATTR = "grid_artifact"
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
     """The best complete trial: the top score (on a Pareto front the best weighted sum), or the
-    validation's choice among the top trials once validation has run."""
+    validation's choice among the top trials once validation has run, or the person's choice
+    once `zsearch review` has one."""
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
     if config.objective.pareto:  # the front member with the best weighted score
         train_best = max(study.best_trials, key=trial_score)
     else:
         train_best = study.best_trial
-    return validated_best(study, train_best)
+    return reviewed_best(study, validated_best(study, train_best))[0]
+
+
+def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """How the best trial was chosen: by a person's review, by validation, or by the training score."""
+    _, record = reviewed_best(study, trial)
+    if record is not None and record["chosen"] == trial.number:
+        return {"by": "person", "review": record["study"], "choices": len(record["choices"]),
+                "candidates": record["candidates"], "model": record["model"],
+                "ranking": [{"trial": r["trial"], "strength": round(r["strength"], 4)} for r in record["ranking"]]}
+    validation = study.user_attrs.get("validation")
+    if validation and validation.get("chosen") == trial.number:
+        return {"by": "validation"}
+    return {"by": "training score"}
 
 
 def trial_score(trial: FrozenTrial) -> float:
@@ -68,6 +84,13 @@ def _written(path: Path) -> Optional[tuple[int, dict]]:
         return None
 
 
+def _written_by(path: Path) -> Optional[dict]:
+    try:
+        return yaml.safe_load(path.read_text())["info"].get("chosen_by")
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return None
+
+
 def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
     """Train, validation, baseline and noise figures of a trial, as far as they are known."""
     baseline = baseline_trial(study)
@@ -89,7 +112,7 @@ def best_recipe(config: Config, space: SearchSpace, study: optuna.Study, trial: 
     scores = best_scores(study, trial)
     recipe.info = {"study": config.name, "trial": trial.number, "score": scores["train"],
                    "values": list(trial.values), "baseline_score": scores["baseline"],
-                   "scores": scores, "zsearch": __version__}
+                   "scores": scores, "chosen_by": chosen_by(study, trial), "zsearch": __version__}
     return recipe
 
 
@@ -101,13 +124,15 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
         if trial is None:
             return None
         written = _written(out / "best.yaml")
-        if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists():
+        if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists() \
+                and _written_by(out / "best.yaml") == chosen_by(study, trial):
             return trial
         recipe = best_recipe(config, SearchSpace(config), study, trial)
         tensors, _ = merge_recipe(recipe)
         target = out / "best.safetensors"
         metadata = {**merge_metadata(recipe, target, trial=trial.number),
-                    **provenance_metadata(config, recipe, recipe.info["scores"])}
+                    **provenance_metadata(config, recipe, recipe.info["scores"]),
+                    "zsearch.chosen_by": json.dumps(recipe.info["chosen_by"])}
         save_lora(tensors, target, metadata=metadata, force=True, inputs=[lw.path for lw in recipe.loras])
         _write_comparison(study, store, trial, out / "best.png")
         save_recipe(recipe, out / "best.yaml")  # last: it marks the set as complete
