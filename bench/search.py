@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from search_helpers import known_optimum_config  # noqa: E402
 
 from zsearch.demo import build_demo  # noqa: E402
-from zsearch.search import run as run_module  # noqa: E402
+from zsearch.search import session as session_module  # noqa: E402
 from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.search.space import SearchSpace  # noqa: E402
 from zsearch.search.study import make_sampler  # noqa: E402
@@ -93,8 +93,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         config, w_star = known_optimum(Path(folder))
-        engine = run_module.load_engine(config)
-        evaluator = Evaluator(config, engine, run_module.load_scorers(config, engine.device))
+        engine = session_module.load_engine(config)
+        evaluator = Evaluator(config, engine, session_module.load_scorers(config, engine.device))
         space = SearchSpace(config)
         optimum = evaluator.evaluate(w_star).value
         baseline = evaluator.evaluate(space.recipe(space.baseline())).value

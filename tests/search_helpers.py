@@ -65,9 +65,9 @@ W_STAR = [
 
 def known_optimum_config(tmp_path: Path, assets, **overrides):
     """A config whose references are the renders of W_STAR, and that recipe."""
-    from zsearch.config import check_inputs, load_config
+    from zsearch.inputs import check_inputs, load_config
     from zsearch.recipe import LoraWeights, Recipe
-    from zsearch.search.run import render_recipe
+    from zsearch.search.render import render_recipe
 
     path = demo_config(tmp_path, assets, **overrides)
     data = yaml.safe_load(path.read_text())

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zsearch.config import check_inputs, load_config
+from zsearch.inputs import check_inputs, load_config
 from zsearch.errors import UserError
 from zsearch.search.space import SearchSpace, band_keys
 
@@ -98,7 +98,7 @@ def test_check_inputs_names_missing_files(tmp_path):
 def test_prompts_file_skips_comments_and_blanks(tmp_path):
     (tmp_path / "p.txt").write_text("# header\n\na cat\n  # indented comment\na dog  \n")
     config = load_config(write(tmp_path, base_config(prompts="p.txt")))
-    from zsearch.config import read_prompts
+    from zsearch.inputs import read_prompts
     assert read_prompts(config.prompts) == ["a cat", "a dog"]
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(UserError, match="no prompts in the file"):

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from zsearch import __version__
-from zsearch.config import parse_config
+from zsearch.inputs import parse_config
 from zsearch.lora.write import save_lora
 from zsearch.provenance import provenance_metadata
 from zsearch.recipe import LoraWeights, Recipe, parse_recipe

@@ -15,7 +15,7 @@ from PIL import Image
 
 from search_helpers import demo_config, zsearch
 from zsearch.cli import main
-from zsearch.config import parse_config
+from zsearch.inputs import parse_config
 from zsearch.report import open_existing_study, write_report
 from zsearch.report.facts import duration, gather
 from zsearch.report.sections import HEADINGS

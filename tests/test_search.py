@@ -181,14 +181,15 @@ def test_missing_config_exits_2(tmp_path):
 def test_search_finds_the_known_optimum(tmp_path, demo_assets):
     """References rendered at hidden weights w* (8 parameters): the search gets within 2 % of w*."""
     from zsearch.search import run as run_module
+    from zsearch.search import session as session_module
     from zsearch.search.evaluate import Evaluator
 
     config, w_star = known_optimum_config(tmp_path, demo_assets, search={"trials": 40, "seed": 1})
     best = run_module.run(config, show_progress=False)
     assert len(best.params) == 8
 
-    engine = run_module.load_engine(config)
-    optimum = Evaluator(config, engine, run_module.load_scorers(config, engine.device)).evaluate(w_star).value
+    engine = session_module.load_engine(config)
+    optimum = Evaluator(config, engine, session_module.load_scorers(config, engine.device)).evaluate(w_star).value
     baseline = load(config.out_dir).trials[0].value
     assert baseline < 0.98 * optimum  # the problem is not solved by plain stacking already
     assert best.value >= 0.98 * optimum, (best.value, optimum, baseline)

@@ -13,8 +13,9 @@ import yaml
 from optuna.trial import TrialState
 
 from search_helpers import demo_config, start, zsearch
-from zsearch.config import check_inputs, load_config
+from zsearch.inputs import check_inputs, load_config
 from zsearch.search import run as run_module
+from zsearch.search import session as session_module
 from zsearch.search.study import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -30,7 +31,7 @@ def loaded(path):
 def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_path, demo_assets, monkeypatch):
     """Fault injection around the real engine: the 2nd render returns NaN, the 3rd runs out of memory."""
     config = loaded(demo_config(tmp_path, demo_assets, search={"trials": 3}))
-    real_load = run_module.load_engine
+    real_load = session_module.load_engine
     calls = {"n": 0}
 
     def faulty_engine(cfg):
@@ -48,7 +49,7 @@ def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_p
         engine.render = render_with_faults
         return engine
 
-    monkeypatch.setattr(run_module, "load_engine", faulty_engine)
+    monkeypatch.setattr(session_module, "load_engine", faulty_engine)
     run_module.run(config, show_progress=False)
     study = optuna.load_study(study_name="t", storage=config.storage_url)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]

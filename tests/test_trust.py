@@ -11,8 +11,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search_helpers import demo_config
-from zsearch.config import check_inputs, load_config
+from zsearch.inputs import check_inputs, load_config
 from zsearch.search import run as run_module
+from zsearch.search import session as session_module
 from zsearch.search.evaluate import Evaluator
 from zsearch.search.space import SearchSpace
 from zsearch.search.trust import analyse_screening, screening_values
@@ -43,8 +44,8 @@ def study_of(config):
 @pytest.fixture(scope="module")
 def engine_and_scorer(demo_assets, tmp_path_factory):
     config = config_for(tmp_path_factory.mktemp("engine"), demo_assets)
-    engine = run_module.load_engine(config)
-    return engine, run_module.load_scorers(config, engine.device)
+    engine = session_module.load_engine(config)
+    return engine, session_module.load_scorers(config, engine.device)
 
 
 def test_noise_band_is_the_spread_of_the_baseline_over_seed_sets(tmp_path, demo_assets, engine_and_scorer):

@@ -1,13 +1,12 @@
-"""The search config (YAML), validated strictly: every mistake names its key and the fix.
+"""The search config's schema, validated strictly: every mistake names its key and the fix.
 
-Relative paths resolve against the config file's folder. The default output folder is
-`results/<name>` under the folder zsearch is run from.
+Reading a config file, resolving its paths and checking its inputs live in `zsearch.inputs`.
+The default output folder is `results/<name>` under the folder zsearch is run from.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 import re
 from pathlib import Path
@@ -17,9 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .blocks import GROUPS, N_LAYERS
 from .errors import UserError
-from .yamlfile import read_yaml
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from .imagefiles import image_files
 
 
 class _Strict(BaseModel):
@@ -214,7 +211,7 @@ class Config(_Strict):
             "loras": [{"file": lora.path.name, "ratio": lora.ratio,
                        "search": lora.search.model_dump(mode="json") if lora.search else None}
                       for lora in self.loras],
-            "references": sorted(p.name for p in _reference_files(self.references)),
+            "references": sorted(p.name for p in image_files(self.references)),
             "prompts": self.prompt_list,
             "seeds": self.seeds,
             "render": self.render.model_dump(exclude={"batch", "way"}),
@@ -237,35 +234,6 @@ def _as_written(name: str) -> str:
     return prefix + Path(rest).name if rest.startswith("/") else name
 
 
-def _no_duplicates(prompts: list[str], where: str) -> list[str]:
-    seen = set()
-    for prompt in prompts:
-        if prompt in seen:
-            raise UserError(f"{where}: the prompt '{prompt}' appears twice; keep each prompt once")
-        seen.add(prompt)
-    return prompts
-
-
-def _reference_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_prompts(path: Path) -> list[str]:
-    """One prompt a line; blank lines and '#' comments skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: prompts file not found; check 'prompts:' in the config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the prompts file ({exc.__class__.__name__})") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise UserError(f"{path}: no prompts in the file; write one prompt a line")
-    return _no_duplicates(prompts, str(path))
-
-
 def _one_line(error: ValidationError, source: Path) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
@@ -280,74 +248,11 @@ def _one_line(error: ValidationError, source: Path) -> str:
     return f"{source}: {where + ': ' if where else ''}{message}{shown}"
 
 
-def _resolve(base: Path, path: Path) -> Path:
-    path = path.expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
-
-
-def parse_config(data: Any, source: Path) -> Config:
-    """Validate config data read from `source`, resolving its relative paths."""
+def validate_config(data: Any, source: Path) -> Config:
+    """The schema's verdict on config data read from `source`, as one line naming the key."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: a config is a YAML mapping (name:, loras:, references:, prompts:, ...)")
     try:
-        config = Config.model_validate(data)
+        return Config.model_validate(data)
     except ValidationError as exc:
         raise UserError(_one_line(exc, source)) from None
-    base = source.resolve().parent
-    config.source = source
-    for lora in config.loras:
-        lora.path = _resolve(base, lora.path)
-    if config.model.startswith((".", "/", "~")) or (base / config.model).is_dir():
-        config.model = str(_resolve(base, Path(config.model)))  # a local folder, not a hub id
-    if config.scorer.model.startswith("local-dir:"):
-        folder = _resolve(base, Path(config.scorer.model.removeprefix("local-dir:")))
-        config.scorer.model = f"local-dir:{folder}"
-    if config.scorer.pretrained and (base / config.scorer.pretrained).is_file():
-        config.scorer.pretrained = str(base / config.scorer.pretrained)  # a local checkpoint
-    config.references = _resolve(base, config.references)
-    if config.identity is not None:
-        config.identity.references = _resolve(base, config.identity.references)
-        if config.identity.model.startswith((".", "/", "~")) or (base / config.identity.model).is_dir():
-            config.identity.model = str(_resolve(base, Path(config.identity.model)))
-    config.start = [_resolve(base, p) for p in config.start]
-    for key in ("output", "cache", "demo"):
-        if getattr(config, key) is not None:
-            setattr(config, key, _resolve(base, getattr(config, key)))
-    if isinstance(config.prompts, list):
-        config.prompt_list = _no_duplicates([p.strip() for p in config.prompts if p.strip()], f"{source}: prompts")
-        if not config.prompt_list:
-            raise UserError(f"{source}: prompts: the list is empty; give at least one prompt")
-    else:
-        config.prompts = _resolve(base, config.prompts)
-    if isinstance(config.validation.prompts, list):
-        config.validation_prompts = _no_duplicates([p.strip() for p in config.validation.prompts if p.strip()],
-                                                   f"{source}: validation.prompts")
-    elif config.validation.prompts is not None:
-        config.validation.prompts = _resolve(base, config.validation.prompts)
-    if not config.searched():
-        raise UserError(f"{source}: no LoRA has a 'search:' block; add e.g. search: {{ratio: [0, 1.5]}} to one")
-    return config
-
-
-def check_inputs(config: Config) -> None:
-    """Check files exist (after the demo assets are built, if any); read the prompts."""
-    for i, lora in enumerate(config.loras):
-        if not lora.path.is_file():
-            raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
-    if not config.references.is_dir():
-        raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
-    if not _reference_files(config.references):
-        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references}")
-    for path in config.start:
-        if not path.is_file():
-            raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
-    if not config.prompt_list:
-        config.prompt_list = read_prompts(config.prompts)
-    if not config.validation_prompts:
-        v = config.validation.prompts
-        config.validation_prompts = read_prompts(v) if isinstance(v, Path) else list(config.prompt_list)
-
-
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
-    return parse_config(read_yaml(path, "config", "configs/demo.yaml"), path)

@@ -40,3 +40,10 @@ def stack_labelled(rows: list[tuple[str, Image.Image]]) -> Image.Image:
 def save_png(image: Image.Image, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def job_grid(images: torch.Tensor, n_prompts: int) -> Image.Image:
+    """A picture of one trial's renders, given prompt by prompt: one column per prompt, one row per seed."""
+    n_seeds = images.shape[0] // n_prompts
+    by_seed = images.view(n_prompts, n_seeds, *images.shape[1:]).transpose(0, 1).reshape(images.shape)
+    return render_grid(by_seed, columns=n_prompts)

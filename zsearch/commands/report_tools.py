@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import load_config
+from ..inputs import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

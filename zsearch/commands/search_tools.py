@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import check_inputs, load_config
+from ..inputs import check_inputs, load_config
 from ..errors import UserError
 
 
@@ -88,7 +88,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ..search.run import validate_study
+    from ..search.validate import validate_study
     config = load_config(args.config)
     _existing_study(config)
     print(_summary(config, validate_study(config)))
@@ -112,7 +112,7 @@ def cmd_dashboard(args) -> int:
 
 def cmd_render(args) -> int:
     from ..recipe import load_recipe
-    from ..search.run import render_recipe
+    from ..search.render import render_recipe
     from ..search.space import SearchSpace
     config = load_config(args.config)
     recipe = load_recipe(args.recipe) if args.recipe else SearchSpace(config).recipe({})

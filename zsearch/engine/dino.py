@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
-from ..config import IMAGE_SUFFIXES  # one list of readable image types
+from ..imagefiles import IMAGE_SUFFIXES  # one list of readable image types
 from ..errors import UserError
 from .device import pick_device
 from .pipeline import is_local

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path
-from ..config import IMAGE_SUFFIXES  # one list of readable image types
+from ..imagefiles import IMAGE_SUFFIXES  # one list of readable image types
 from ..errors import UserError
 from .device import pick_device
 

@@ -3,90 +3,26 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import tempfile
 import time
-import warnings
-from pathlib import Path
 from typing import Optional
 
 import optuna
-import torch
-from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
-from ..config import Config, check_inputs
+from ..config import Config
 from ..errors import UserError
-from ..grid import render_grid, save_png
-from .best import GRID_ATTR, export_best, pick_best, trial_score
-from .evaluate import Evaluation, Evaluator, Scorers, TrialFailed
+from .best import export_best, pick_best, trial_score
+from .evaluate import Evaluator, TrialFailed
+from .log import log_trial, log_validation, setup_log
+from .objective import Objective
 from .progress import Progress
+from .session import Session
+from .signals import GracefulStop
 from .space import SearchSpace
-from .study import WORKER_ATTR, artifact_store, open_study, worker_id
 from .trust import analyse_screening, frozen_params, measure_noise, validate
 
 log = logging.getLogger("zsearch")
-
-
-def prepare(config: Config) -> None:
-    """Build the demo's tiny models when asked, then check every input file exists."""
-    if config.demo is not None:
-        from ..demo import build_demo
-        build_demo(config.demo)
-    check_inputs(config)
-
-
-def load_engine(config: Config):
-    from ..engine import Engine
-    from ..lora.read import load_loras
-    loras = load_loras([lora.path for lora in config.loras])
-    prompts = list(dict.fromkeys([*config.prompt_list, *config.validation_prompts]))
-    return Engine(config.model, loras, prompts, device=config.device,
-                  way=config.render.way, cache_dir=config.cache_dir)
-
-
-def load_scorers(config: Config, device) -> Scorers:
-    from ..engine.scorer import Scorer
-    clip = Scorer.load(config.scorer.model, config.scorer.pretrained, config.references,
-                       style=config.scorer.style, device=device, cache_dir=config.cache_dir)
-    identity = None
-    if config.identity is not None:
-        from ..engine.dino import DinoScorer
-        identity = DinoScorer.load(config.identity.model, config.identity.references, device=device,
-                                   cache_dir=config.cache_dir)
-    return Scorers(clip, identity)
-
-
-def job_grid(evaluation: Evaluation, n_prompts: int):
-    """A picture of one trial: one column per prompt, one row per seed."""
-    images = evaluation.images
-    n_seeds = images.shape[0] // n_prompts
-    by_seed = images.view(n_prompts, n_seeds, *images.shape[1:]).transpose(0, 1).reshape(images.shape)
-    return render_grid(by_seed, columns=n_prompts)
-
-
-class GracefulStop:
-    """First SIGINT/SIGTERM: finish the current trial, write outputs, exit 0. Second: stop now."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stop requested: finishing the current trial (press Ctrl-C again to abort)")
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -94,78 +30,11 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-class Objective:
-    def __init__(self, config: Config, space: SearchSpace, evaluator: Evaluator, store, study: optuna.Study):
-        self.config, self.space, self.evaluator, self.store, self.study = config, space, evaluator, store, study
-
-    def __call__(self, trial: optuna.Trial):
-        self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
-        recipe = self.space.suggest(trial)
-
-        # Optuna prunes single-objective studies only; and the baseline, screening and start
-        # points are measurements the study relies on, so they report but always run to the end.
-        prunable = "role" not in trial.user_attrs
-
-        def report(prompt_index: int, score: float) -> None:
-            trial.report(score, step=prompt_index)
-            if prunable and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
-
-        try:
-            evaluation = self.evaluator.evaluate(recipe, report=None if self.config.objective.pareto else report)
-        except TrialFailed as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            raise
-        trial.set_user_attr("score", evaluation.value)
-        trial.set_user_attr("per_prompt", evaluation.combined)
-        trial.set_user_attr("style", evaluation.mean_style)
-        trial.set_user_attr("prompt", evaluation.mean_prompt)
-        if evaluation.identity is not None:
-            trial.set_user_attr("identity", sum(evaluation.identity) / len(evaluation.identity))
-        trial.set_user_attr("seconds", {k: round(v, 4) for k, v in evaluation.seconds.items()})
-        self._upload_grid(trial, evaluation)
-        if self.config.objective.pareto:
-            return evaluation.mean_style, evaluation.mean_prompt
-        return evaluation.value
-
-    def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / f"trial-{trial.number:05d}.png"
-            save_png(job_grid(evaluation, len(self.evaluator.prompts)), path)
-            artifact = upload_artifact(artifact_store=self.store, file_path=str(path),
-                                       study_or_trial=trial, mimetype="image/png")
-        trial.set_user_attr(GRID_ATTR, artifact)
-
-
-def _setup_log(config: Config) -> None:
-    """Everything into results/<name>/zsearch.log; warnings also on the terminal."""
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(config.out_dir / "zsearch.log")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    to_terminal = logging.StreamHandler(sys.stderr)
-    to_terminal.setLevel(logging.WARNING)
-    to_terminal.setFormatter(logging.Formatter("zsearch: %(message)s"))
-    for name in ("zsearch", "optuna"):
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if getattr(h, "_zsearch", False)]:
-            logger.removeHandler(old)  # a previous run in this process
-            old.close()
-        for handler in (to_file, to_terminal) if name == "zsearch" else (to_file,):
-            handler._zsearch = True
-            logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # the progress bar speaks on the terminal; the log file has the rest
-    optuna.logging.disable_default_handler()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
 def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
     """Run (or resume) the study until its trial budget or time budget is spent."""
-    prepare(config)
-    _setup_log(config)
-    space = SearchSpace(config)
-    study = open_study(config, space)
-    store = artifact_store(config)
+    session = Session(config)
+    setup_log(config)
+    study, store = session.study, session.store
     total = trials if trials is not None else config.search.trials
     done = finished_count(study)
     if done >= total:
@@ -179,11 +48,10 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
 
     with GracefulStop() as stop:
         say(f"loading {config.model} on {config.device} ...")
-        engine = load_engine(config)
-        scorers = load_scorers(config, engine.device)
+        engine, scorers = session.engine, session.scorers
         if "noise" not in study.user_attrs and config.noise.repeats and not stop.requested:
             say(f"scoring the baseline on {config.noise.repeats + 1} seed sets (the noise band) ...")
-        noise = None if stop.requested else measure_noise(config, study, space, engine, scorers)
+        noise = None if stop.requested else measure_noise(config, study, session.space, engine, scorers)
         if noise:
             log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"],
                      len(noise["scores"]))
@@ -194,7 +62,7 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
             log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
         elif config.validation.top_k > 0:
             say(f"validating the baseline and the top {config.validation.top_k} trials on held-out seeds ...")
-            report_validation(validate(config, study, space, engine, scorers))
+            log_validation(validate(config, study, space, engine, scorers))
     return export_best(config, study, store)
 
 
@@ -217,7 +85,7 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
         best = pick_best(config, study)
         if best is not None and best.number == trial.number:
             export_best(config, study, store)
-        _log_trial(trial, best)
+        log_trial(trial, best)
         progress.update(finished_count(study), trial_score(best) if best else None)
         fails[:] = [*fails, trial.user_attrs.get("fail_reason", "error")] if trial.state == TrialState.FAIL else []
 
@@ -239,53 +107,3 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
     if len(fails) >= MAX_FAILS_IN_A_ROW:
         raise UserError(f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {fails[-1]}); "
                         f"fix that, then run the same command to resume")
-
-
-def report_validation(record: Optional[dict]) -> None:
-    if record is None:
-        log.warning("validation: nothing to validate (no complete trial)")
-        return
-    for row in record["rows"]:
-        label = "baseline" if row["baseline"] else f"trial {row['trial']}"
-        log.info("validation: %s train %.5f validation %.5f (gap %+.5f)", label, row["train"],
-                 row["validation"], row["gap"])
-    log.info("validation chose trial %d", record["chosen"])
-
-
-def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:
-    """`zsearch validate`: re-score the top trials of an existing study on the validation set."""
-    prepare(config)
-    _setup_log(config)
-    space = SearchSpace(config)
-    study = open_study(config, space)
-    engine = load_engine(config)
-    report_validation(validate(config, study, space, engine, load_scorers(config, engine.device)))
-    return export_best(config, study, artifact_store(config), force=True)
-
-
-def _log_trial(trial: optuna.trial.FrozenTrial, best) -> None:
-    if trial.state == TrialState.COMPLETE:
-        log.info("trial %d: score %.5f (best %.5f, trial %d) %s", trial.number, trial_score(trial),
-                 trial_score(best), best.number, trial.user_attrs.get("seconds"))
-    else:
-        log.info("trial %d: %s %s", trial.number, trial.state.name.lower(),
-                 trial.user_attrs.get("fail_reason", ""))
-
-
-def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
-    """Render the config's prompts and seeds with `recipe` to PNGs and a grid (`zsearch render`)."""
-    from ..engine.render import save_pngs
-    prepare(config)
-    engine = load_engine(config)
-    jobs = Evaluator(config, engine, scorers=None).jobs
-    engine.set_recipe(recipe)
-    r = config.render
-    images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width,
-                                      height=r.height, batch=r.batch, guidance=r.guidance)
-                        for i in range(0, len(jobs), r.batch)]).float().cpu()
-    paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in jobs]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_pngs(images, paths)
-    grid = out_dir / "grid.png"
-    save_png(job_grid(Evaluation([], [], [], None, images), len(config.prompt_list)), grid)
-    return [*paths, grid]

@@ -1,0 +1,106 @@
+"""A config file made ready to use: read, validated, its paths resolved, its inputs checked.
+
+Relative paths resolve against the config file's folder, so a project folder can be moved.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import Config, validate_config
+from .errors import UserError
+from .imagefiles import image_files
+from .yamlfile import read_yaml
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    return parse_config(read_yaml(path, "config", "configs/demo.yaml"), path)
+
+
+def parse_config(data: Any, source: Path) -> Config:
+    """Validate config data read from `source`, resolving its relative paths."""
+    config = validate_config(data, source)
+    base = source.resolve().parent
+    config.source = source
+    for lora in config.loras:
+        lora.path = _resolve(base, lora.path)
+    if config.model.startswith((".", "/", "~")) or (base / config.model).is_dir():
+        config.model = str(_resolve(base, Path(config.model)))  # a local folder, not a hub id
+    if config.scorer.model.startswith("local-dir:"):
+        folder = _resolve(base, Path(config.scorer.model.removeprefix("local-dir:")))
+        config.scorer.model = f"local-dir:{folder}"
+    if config.scorer.pretrained and (base / config.scorer.pretrained).is_file():
+        config.scorer.pretrained = str(base / config.scorer.pretrained)  # a local checkpoint
+    config.references = _resolve(base, config.references)
+    if config.identity is not None:
+        config.identity.references = _resolve(base, config.identity.references)
+        if config.identity.model.startswith((".", "/", "~")) or (base / config.identity.model).is_dir():
+            config.identity.model = str(_resolve(base, Path(config.identity.model)))
+    config.start = [_resolve(base, p) for p in config.start]
+    for key in ("output", "cache", "demo"):
+        if getattr(config, key) is not None:
+            setattr(config, key, _resolve(base, getattr(config, key)))
+    if isinstance(config.prompts, list):
+        config.prompt_list = _no_duplicates([p.strip() for p in config.prompts if p.strip()], f"{source}: prompts")
+        if not config.prompt_list:
+            raise UserError(f"{source}: prompts: the list is empty; give at least one prompt")
+    else:
+        config.prompts = _resolve(base, config.prompts)
+    if isinstance(config.validation.prompts, list):
+        config.validation_prompts = _no_duplicates([p.strip() for p in config.validation.prompts if p.strip()],
+                                                   f"{source}: validation.prompts")
+    elif config.validation.prompts is not None:
+        config.validation.prompts = _resolve(base, config.validation.prompts)
+    if not config.searched():
+        raise UserError(f"{source}: no LoRA has a 'search:' block; add e.g. search: {{ratio: [0, 1.5]}} to one")
+    return config
+
+
+def check_inputs(config: Config) -> None:
+    """Check files exist (after the demo assets are built, if any); read the prompts."""
+    for i, lora in enumerate(config.loras):
+        if not lora.path.is_file():
+            raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
+    if not config.references.is_dir():
+        raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
+    if not image_files(config.references):
+        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references}")
+    for path in config.start:
+        if not path.is_file():
+            raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
+    if not config.prompt_list:
+        config.prompt_list = read_prompts(config.prompts)
+    if not config.validation_prompts:
+        v = config.validation.prompts
+        config.validation_prompts = read_prompts(v) if isinstance(v, Path) else list(config.prompt_list)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt a line; blank lines and '#' comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: prompts file not found; check 'prompts:' in the config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the prompts file ({exc.__class__.__name__})") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the file; write one prompt a line")
+    return _no_duplicates(prompts, str(path))
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = path.expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def _no_duplicates(prompts: list[str], where: str) -> list[str]:
+    seen = set()
+    for prompt in prompts:
+        if prompt in seen:
+            raise UserError(f"{where}: the prompt '{prompt}' appears twice; keep each prompt once")
+        seen.add(prompt)
+    return prompts

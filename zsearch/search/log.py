@@ -1,0 +1,58 @@
+"""The search's log: results/<name>/zsearch.log, and the lines it writes about trials and validation."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import Config
+from .best import trial_score
+
+log = logging.getLogger("zsearch")
+
+
+def setup_log(config: Config) -> None:
+    """Everything into results/<name>/zsearch.log; warnings also on the terminal."""
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(config.out_dir / "zsearch.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setLevel(logging.WARNING)
+    to_terminal.setFormatter(logging.Formatter("zsearch: %(message)s"))
+    for name in ("zsearch", "optuna"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_zsearch", False)]:
+            logger.removeHandler(old)  # a previous run in this process
+            old.close()
+        for handler in (to_file, to_terminal) if name == "zsearch" else (to_file,):
+            handler._zsearch = True
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # the progress bar speaks on the terminal; the log file has the rest
+    optuna.logging.disable_default_handler()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def log_trial(trial: optuna.trial.FrozenTrial, best) -> None:
+    if trial.state == TrialState.COMPLETE:
+        log.info("trial %d: score %.5f (best %.5f, trial %d) %s", trial.number, trial_score(trial),
+                 trial_score(best), best.number, trial.user_attrs.get("seconds"))
+    else:
+        log.info("trial %d: %s %s", trial.number, trial.state.name.lower(),
+                 trial.user_attrs.get("fail_reason", ""))
+
+
+def log_validation(record: Optional[dict]) -> None:
+    if record is None:
+        log.warning("validation: nothing to validate (no complete trial)")
+        return
+    for row in record["rows"]:
+        label = "baseline" if row["baseline"] else f"trial {row['trial']}"
+        log.info("validation: %s train %.5f validation %.5f (gap %+.5f)", label, row["train"],
+                 row["validation"], row["gap"])
+    log.info("validation chose trial %d", record["chosen"])

@@ -1,0 +1,30 @@
+"""`zsearch render`: the config's prompts and seeds rendered with one recipe, as PNGs and a grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..grid import job_grid, save_png
+from .evaluate import Evaluator
+from .session import Session
+
+
+def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
+    """Render the config's prompts and seeds with `recipe` to PNGs and a grid (`zsearch render`)."""
+    from ..engine.render import save_pngs
+    engine = Session(config).engine
+    jobs = Evaluator(config, engine, scorers=None).jobs
+    engine.set_recipe(recipe)
+    r = config.render
+    images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width,
+                                      height=r.height, batch=r.batch, guidance=r.guidance)
+                        for i in range(0, len(jobs), r.batch)]).float().cpu()
+    paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in jobs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_pngs(images, paths)
+    grid = out_dir / "grid.png"
+    save_png(job_grid(images, len(config.prompt_list)), grid)
+    return [*paths, grid]

@@ -1,0 +1,72 @@
+"""One set-up of a validated config, shared by run, validate and render.
+
+The inputs are checked first; the study, the engine and the judges are opened on first use,
+so a command pays only for what it needs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ..config import Config
+from ..inputs import check_inputs
+from .evaluate import Scorers
+from .space import SearchSpace
+from .study import artifact_store, open_study
+
+
+def prepare(config: Config) -> None:
+    """Build the demo's tiny models when asked, then check every input file exists."""
+    if config.demo is not None:
+        from ..demo import build_demo
+        build_demo(config.demo)
+    check_inputs(config)
+
+
+def load_engine(config: Config):
+    from ..engine import Engine
+    from ..lora.read import load_loras
+    loras = load_loras([lora.path for lora in config.loras])
+    prompts = list(dict.fromkeys([*config.prompt_list, *config.validation_prompts]))
+    return Engine(config.model, loras, prompts, device=config.device,
+                  way=config.render.way, cache_dir=config.cache_dir)
+
+
+def load_scorers(config: Config, device) -> Scorers:
+    from ..engine.scorer import Scorer
+    clip = Scorer.load(config.scorer.model, config.scorer.pretrained, config.references,
+                       style=config.scorer.style, device=device, cache_dir=config.cache_dir)
+    identity = None
+    if config.identity is not None:
+        from ..engine.dino import DinoScorer
+        identity = DinoScorer.load(config.identity.model, config.identity.references, device=device,
+                                   cache_dir=config.cache_dir)
+    return Scorers(clip, identity)
+
+
+class Session:
+    """A config made ready: inputs checked at once; study, engine and judges opened when first used."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        prepare(config)
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        return SearchSpace(self.config)
+
+    @cached_property
+    def study(self):
+        return open_study(self.config, self.space)
+
+    @cached_property
+    def store(self):
+        return artifact_store(self.config)
+
+    @cached_property
+    def engine(self):
+        return load_engine(self.config)
+
+    @cached_property
+    def scorers(self) -> Scorers:
+        return load_scorers(self.config, self.engine.device)

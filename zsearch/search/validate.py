@@ -1,0 +1,23 @@
+"""`zsearch validate`: re-score the top trials of an existing study on the held-out set."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+
+from ..config import Config
+from .best import export_best
+from .log import log_validation, setup_log
+from .session import Session
+from .trust import validate
+
+
+def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:
+    """Re-score the top trials of the config's study on the validation set; rewrite best.*."""
+    session = Session(config)
+    setup_log(config)
+    study = session.study
+    engine = session.engine
+    log_validation(validate(config, study, session.space, engine, session.scorers))
+    return export_best(config, study, session.store, force=True)
