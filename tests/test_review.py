@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from search_helpers import demo_config, start, zsearch
-from zsearch.config import load_config
+from zsearch.inputs import load_config
 from zsearch.search.preference import bradley_terry
 from zsearch.search.review import (REVIEW_ATTR, ReviewServer, open_review, pick_candidates, render_candidates,
                                    wait_until)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import check_inputs, load_config
+from ..inputs import check_inputs, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

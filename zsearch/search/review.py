@@ -69,9 +69,9 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
 
     Kept in `folder` with what they were rendered from; only missing or outdated ones are rendered.
     """
-    from ..grid import render_grid, save_png
+    from ..grid import job_grid, save_png
     from .evaluate import make_jobs
-    from .run import load_engine, prepare
+    from .session import load_engine, prepare
     from .space import SearchSpace
 
     prepare(config)  # reads the prompt files (and builds the demo's models when asked)
@@ -98,9 +98,7 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
             images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width, height=r.height,
                                               batch=r.batch, guidance=r.guidance)
                                 for i in range(0, len(jobs), r.batch)]).float().cpu()
-            n = len(prompts)
-            by_seed = images.view(n, len(seeds), *images.shape[1:]).transpose(0, 1).reshape(images.shape)
-            save_png(render_grid(by_seed, columns=n), paths[trial.number])
+            save_png(job_grid(images, len(prompts)), paths[trial.number])
             index[str(trial.number)] = {**key, "params": trial.params}
         engine.close()
         from ..atomic import write_text_atomic
