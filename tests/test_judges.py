@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zsearch.engine.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, JudgeSpec,
-                                   Panel, PreferenceJudge, build_panel)
+from zsearch.config import JudgeEntry as JudgeSpec
+from zsearch.engine.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, Panel,
+                                   PreferenceJudge, build_panel)
 from zsearch.engine.judges.tiny import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
 from zsearch.engine.judges.weights import read_state_dict
 from zsearch.engine.scorer import Scorer, preprocess, read_image
@@ -198,3 +199,40 @@ def test_missing_and_offline_hub_files_are_user_errors(tmp_path, monkeypatch):
 def test_a_term_from_two_judges_is_refused(clip_scorer):
     with pytest.raises(ValueError, match="term 'style' is produced by both clip and clip"):
         Panel([ClipJudge(clip_scorer), ClipJudge(clip_scorer, ("style",))])
+
+
+# ---------------------------------------------------------------- config: judges and terms
+
+def _config(tmp_path, demo_assets, **overrides):
+    from search_helpers import demo_config
+    from zsearch.inputs import load_config
+    return load_config(demo_config(tmp_path, demo_assets, **overrides))
+
+
+def test_config_terms_weights_and_pareto_choice(tmp_path, demo_assets):
+    from zsearch.config import JUDGE_TERMS
+    from zsearch.engine.judges import JUDGES
+    assert {name: JUDGES[name].terms for name in JUDGE_TERMS} == {n: (t,) for n, t in JUDGE_TERMS.items()}
+    head = build_tiny_aesthetic(tmp_path / "h.safetensors", 32)
+    config = _config(tmp_path, demo_assets, identity={"references": str(demo_assets.references),
+                                                      "model": "x", "weight": 0.5},
+                     judges=[{"name": "aesthetic", "checkpoint": "h.safetensors"}, {"name": "hps", "weight": 2.0}],
+                     objective={"style": 1.0, "prompt": 0.3, "pareto": True, "terms": ["aesthetic", "identity"]})
+    assert config.term_weights() == {"style": 1.0, "prompt": 0.3, "identity": 0.5, "aesthetic": 0.05,
+                                     "preference": 2.0}
+    assert config.pareto_terms == ["aesthetic", "identity"]
+    assert config.judges[0].checkpoint == str(head)  # resolved against the config's folder
+    plain = _config(tmp_path, demo_assets)
+    assert "judges" not in plain.fingerprint() and "terms" not in plain.fingerprint()["objective"]
+
+
+@pytest.mark.parametrize("objective, judges, message", [
+    ({"pareto": True, "terms": ["style", "identity"]}, [], "'identity' is not a term of this config"),
+    ({"pareto": True, "terms": ["style"]}, [], "two or three different terms"),
+    ({"terms": ["style", "prompt"]}, [], "add `pareto: true`"),
+    ({}, [{"name": "hps"}, {"name": "hps"}], "each judge once"),
+    ({}, [{"name": "imagereward"}], "judges.0.name"),
+])
+def test_config_mistakes_are_one_line_errors(tmp_path, demo_assets, objective, judges, message):
+    with pytest.raises(UserError, match=message):
+        _config(tmp_path, demo_assets, objective=objective, judges=judges)

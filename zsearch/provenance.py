@@ -58,6 +58,8 @@ def scorer_names(config) -> dict[str, str]:
     identity = getattr(config, "identity", None)
     if identity is not None:
         names["identity"] = str(getattr(identity, "model", identity))
+    for judge in getattr(config, "judges", None) or []:
+        names[judge.name] = ", ".join(str(v) for v in (judge.model, judge.checkpoint) if v) or "default"
     return names
 
 

@@ -28,6 +28,10 @@ class Evaluation:
     identity: Optional[list[float]]  # per prompt, when an identity scorer is configured
     images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed
     seconds: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, list[float]] = field(default_factory=dict)  # every judge's term, per prompt
+
+    def mean_term(self, name: str) -> float:
+        return sum(self.terms[name]) / len(self.terms[name])
 
     @property
     def mean_style(self) -> float:
@@ -44,10 +48,12 @@ class Evaluation:
 
 @dataclass
 class Scorers:
-    """The judges of a render: the CLIP scorer (style, prompt) and optionally DINOv2 (identity)."""
+    """The judges of a render: the CLIP scorer (style, prompt), optionally DINOv2 (identity), and
+    the panel of every judge (these two and the config's `judges:`) that the evaluation asks."""
 
     clip: Any
     identity: Any = None
+    panel: Any = None  # engine.judges.Panel; None: built from clip and identity
 
 
 def make_jobs(prompts: list[str], seeds: list[int], engine_prompts: list[str]) -> list[Job]:
@@ -64,22 +70,26 @@ class Evaluator:
         self.engine = engine
         self.scorer = scorers.clip if scorers else None
         self.identity = scorers.identity if scorers else None
+        self.panel = None
+        if scorers is not None:
+            from ..engine.judges import build_panel
+            self.panel = scorers.panel or build_panel(scorers.clip, scorers.identity)
         self.prompts = prompts if prompts is not None else config.prompt_list
         self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)
         self._local = {prompt: i for i, prompt in enumerate(self.prompts)}  # prompt -> row of the scores
 
     def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None) -> Evaluation:
         """`report(prompt_index, combined_score)` is called as each prompt completes; it may raise."""
-        render, weights = self.config.render, self.config.objective
+        render = self.config.render
         seconds = {"set": 0.0, "render": 0.0, "score": 0.0}
         start = time.perf_counter()
         self.engine.set_recipe(recipe)
         seconds["set"] = time.perf_counter() - start
 
         n_prompts = len(self.prompts)
-        style = [[] for _ in range(n_prompts)]
-        prompt = [[] for _ in range(n_prompts)]
-        identity = [[] for _ in range(n_prompts)]
+        term_weights = self.config.term_weights()
+        terms: dict[str, list[list[float]]] = {name: [[] for _ in range(n_prompts)] for name in self.panel.terms}
+        counts = [0] * n_prompts
         per_prompt_jobs = len(self.jobs) // n_prompts
         combined: list[float] = [float("nan")] * n_prompts
         images = []
@@ -95,24 +105,23 @@ class Evaluator:
             if not torch.isfinite(batch).all():
                 raise TrialFailed("the render contains NaN or Inf values")
             start = time.perf_counter()
-            scores = self.scorer.score(batch, [job.prompt for job in chunk])
-            ids = self.identity.score(batch)["identity"].tolist() if self.identity else [0.0] * len(chunk)
+            scores = {name: values.tolist() for name, values in
+                      self.panel.score(batch, [job.prompt for job in chunk]).items()}
             seconds["score"] += time.perf_counter() - start
             images.append(batch.detach().float().cpu())
-            for job, s, p, d in zip(chunk, scores["style"].tolist(), scores["prompt"].tolist(), ids):
+            for k, job in enumerate(chunk):
                 i = self._local[job.prompt]
-                style[i].append(s)
-                prompt[i].append(p)
-                identity[i].append(d)
-                if len(style[i]) == per_prompt_jobs:
-                    combined[i] = weights.style * _mean(style[i]) + weights.prompt * _mean(prompt[i])
-                    if self.identity:
-                        combined[i] += self.config.identity.weight * _mean(identity[i])
+                for name in terms:
+                    terms[name][i].append(scores[name][k])
+                counts[i] += 1
+                if counts[i] == per_prompt_jobs:  # the weighted sum of the judges' terms
+                    combined[i] = sum(term_weights.get(name, 0.0) * _mean(terms[name][i]) for name in terms)
                     if report is not None:
                         report(i, combined[i])
-        return Evaluation(style=[_mean(s) for s in style], prompt=[_mean(p) for p in prompt],
+        means = {name: [_mean(v) for v in rows] for name, rows in terms.items()}
+        return Evaluation(style=means.get("style", [0.0] * n_prompts), prompt=means.get("prompt", [0.0] * n_prompts),
                           combined=combined, images=torch.cat(images), seconds=seconds,
-                          identity=[_mean(d) for d in identity] if self.identity else None)
+                          identity=means.get("identity"), terms=means)
 
 
 def _mean(values: list[float]) -> float:

@@ -44,10 +44,11 @@ class Objective:
         trial.set_user_attr("prompt", evaluation.mean_prompt)
         if evaluation.identity is not None:
             trial.set_user_attr("identity", sum(evaluation.identity) / len(evaluation.identity))
+        trial.set_user_attr("terms", {name: evaluation.mean_term(name) for name in evaluation.terms})
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in evaluation.seconds.items()})
         self._upload_grid(trial, evaluation)
-        if self.config.objective.pareto:
-            return evaluation.mean_style, evaluation.mean_prompt
+        if self.config.objective.pareto:  # the chosen terms side by side (default style and prompt)
+            return tuple(evaluation.mean_term(name) for name in self.config.pareto_terms)
         return evaluation.value
 
     def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation) -> None:

@@ -24,13 +24,12 @@ from .base import Batch, Judge, Panel
 from .clip import ClipJudge
 from .identity import IdentityJudge
 from .preference import PreferenceJudge
-from .spec import EXTRA_JUDGES, JudgeSpec
 from .style import CsdStyleJudge
 
 JUDGES: dict[str, type[Judge]] = {cls.name: cls for cls in
                                   (ClipJudge, IdentityJudge, AestheticJudge, PreferenceJudge, CsdStyleJudge)}
 
-__all__ = ["Batch", "Judge", "Panel", "JUDGES", "JudgeSpec", "EXTRA_JUDGES", "ClipJudge", "IdentityJudge",
+__all__ = ["Batch", "Judge", "Panel", "JUDGES", "ClipJudge", "IdentityJudge",
            "AestheticJudge", "AestheticHead", "PreferenceJudge", "CsdStyleJudge", "build_panel"]
 
 
@@ -44,8 +43,8 @@ class Context:
     clip_pretrained: Optional[str] = None
 
 
-def build_extra(spec: JudgeSpec, context: Context) -> Judge:
-    """One extra judge from its config entry."""
+def build_extra(spec, context: Context) -> Judge:
+    """One extra judge from its config entry (anything with .name, .model and .checkpoint)."""
     if spec.name == "aesthetic":
         if context.clip is None:
             raise ValueError("the aesthetic judge reads the CLIP judge's embedding")
@@ -57,7 +56,7 @@ def build_extra(spec: JudgeSpec, context: Context) -> Judge:
     raise ValueError(f"unknown judge {spec.name}")
 
 
-def build_panel(clip_scorer, identity_scorer=None, extra: list[JudgeSpec] = (), references: Path | None = None,
+def build_panel(clip_scorer, identity_scorer=None, extra=(), references: Path | None = None,
                 clip_pretrained: Optional[str] = None) -> Panel:
     """The CLIP judge (without `style` when a csd judge takes that term), DINOv2 if given, the extras."""
     takes_style = any(spec.name == "csd" for spec in extra)

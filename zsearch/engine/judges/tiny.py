@@ -76,7 +76,6 @@ def build_tiny_csd(folder: Path, seed: int = 0, safetensors: bool = False) -> tu
     return model_name, path
 
 
-def build_demo_judge(root: Path) -> Path:
-    """The demo's extra judge: an aesthetic head for the demo's tiny CLIP (embedding width 32)."""
-    clip_config = json.loads((Path(root) / "tiny-clip" / "open_clip_config.json").read_text())
-    return build_tiny_aesthetic(Path(root) / "aesthetic-head.safetensors", clip_config["model_cfg"]["embed_dim"])
+def build_demo_judge(path: Path, embed_dim: int) -> Path:
+    """The demo's extra judge: a random aesthetic head for the demo's tiny CLIP (its embedding width)."""
+    return build_tiny_aesthetic(Path(path), embed_dim, seed=12)
