@@ -72,6 +72,12 @@ def test_a_pareto_study_takes_the_chosen_terms_identity_included(pareto_study):
         assert trial.values == pytest.approx([terms["identity"], terms["aesthetic"], terms["style"]])
         weighted = sum(w * terms[t] for t, w in config.term_weights().items())
         assert trial.user_attrs["score"] == pytest.approx(weighted, abs=1e-9)
+    import json
+    from safetensors import safe_open
+    with safe_open(str(config.out_dir / "best.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["zsearch.terms"]) == {"style": 1.0, "prompt": 0.3, "identity": 0.5, "aesthetic": 0.05}
+    assert json.loads(metadata["zsearch.scorers"])["aesthetic"].endswith("head.safetensors")
 
 
 def test_report_shows_terms_their_correlation_and_the_front(pareto_study):

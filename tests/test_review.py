@@ -137,6 +137,7 @@ def test_review_through_the_dashboard_api_then_best_follows_the_person(searched)
 
     result = zsearch("best", searched)
     assert result.returncode == 0, result.stderr
+    assert f"best: trial {favourite}," in result.stdout and "chosen by you in the review (3 choices)" in result.stdout
     info = yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]
     assert info["trial"] == favourite
     assert info["chosen_by"]["by"] == "person" and info["chosen_by"]["choices"] == 3

@@ -47,7 +47,8 @@ def provenance_metadata(config, recipe: Recipe, scores: dict[str, Any]) -> dict[
         "zsearch.seeds": _json(seeds),
         "zsearch.model": str(config.model),
         "zsearch.scorers": _json(scorer_names(config)),
-        "zsearch.objective": _json(config.objective.model_dump(mode="json")),
+        "zsearch.objective": _json(config.objective.model_dump(mode="json", exclude_none=True)),
+        **({"zsearch.terms": _json(config.term_weights())} if callable(getattr(config, "term_weights", None)) else {}),
     }
 
 
