@@ -51,7 +51,9 @@ def _summary(config, trial) -> str:
     if (info.get("chosen_by") or {}).get("by") == "person":
         parts.append(f"chosen by you in the review ({info['chosen_by']['choices']} choices)")
     out = config.out_dir
-    return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n"
+    from ..search.progress import gain_line
+    verdict = gain_line(scores)
+    return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n" + (f"  {verdict}\n" if verdict else "") +
             f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}")
 
 

@@ -15,14 +15,14 @@ from typing import Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..search.records import GRID as GRID_ATTR, TERMS
 from .page import Block, Heading, Image, Para, Table
 
 LEGACY_TERMS = ("style", "prompt", "identity")
-GRID_ATTR = "grid_artifact"  # as search.best writes it
 
 
 def trial_terms(trial: FrozenTrial) -> dict[str, float]:
-    terms = trial.user_attrs.get("terms")
+    terms = trial.user_attrs.get(TERMS)
     if isinstance(terms, dict):
         return {k: float(v) for k, v in terms.items()}
     return {k: float(trial.user_attrs[k]) for k in LEGACY_TERMS if isinstance(trial.user_attrs.get(k), (int, float))}

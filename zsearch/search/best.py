@@ -26,24 +26,27 @@ from ..lora.merge import merge_recipe
 from ..lora.write import merge_metadata, save_lora
 from ..provenance import provenance_metadata
 from ..recipe import Recipe, save_recipe
-from .space import SearchSpace
-from .study import baseline_trial
+from . import records
+from .records import trial_score
 from .review import reviewed_best
+from .space import SearchSpace
 from .trust import validated_best
 
-GRID_ATTR = "grid_artifact"
+GRID_ATTR = records.GRID
 
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
     """The best complete trial: the top score (on a Pareto front the best weighted sum), or the
-    validation's choice among the top trials once validation has run, or the person's choice
-    once `zsearch review` has one."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+    validation's choice among the top trials once validation has run, or the person's choice once
+    `zsearch review` has one. Partial (pruned) trials are never picked."""
+    complete = records.candidates(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if not complete:
         return None
     if config.objective.pareto:  # the front member with the best weighted score
-        train_best = max(study.best_trials, key=trial_score)
+        front = [t for t in study.best_trials if records.can_be_best(t)] or complete
+        train_best = max(front, key=trial_score)
     else:
-        train_best = study.best_trial
+        train_best = max(complete, key=trial_score)  # the first of equal scores, as Optuna picks
     return reviewed_best(study, validated_best(study, train_best))[0]
 
 
@@ -54,14 +57,10 @@ def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
         return {"by": "person", "review": record["study"], "choices": len(record["choices"]),
                 "candidates": record["candidates"], "model": record["model"],
                 "ranking": [{"trial": r["trial"], "strength": round(r["strength"], 4)} for r in record["ranking"]]}
-    validation = study.user_attrs.get("validation")
-    if validation and validation.get("chosen") == trial.number:
+    validation = records.read_validation(study)
+    if validation is not None and validation.chosen == trial.number:
         return {"by": "validation"}
     return {"by": "training score"}
-
-
-def trial_score(trial: FrozenTrial) -> float:
-    return float(trial.user_attrs.get("score", trial.values[0]))
 
 
 @contextmanager
@@ -92,18 +91,25 @@ def _written_by(path: Path) -> Optional[dict]:
 
 
 def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
-    """Train, validation, baseline and noise figures of a trial, as far as they are known."""
-    baseline = baseline_trial(study)
-    scores = {"train": trial_score(trial), "baseline": trial_score(baseline) if baseline else None}
-    noise = study.user_attrs.get("noise")
+    """Train, validation, baseline and noise figures of a trial, as far as they are known, and its
+    gain over the baseline judged paired per job: on the held-out jobs once validated (the
+    unbiased figure), else on the training jobs (biased upward: the best of many trials)."""
+    baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    scores = {"train": trial_score(trial), "baseline": trial_score(baseline)}
+    noise = records.read_noise(study)
     if noise:
-        scores["noise_std"] = noise["std"]
-    record = study.user_attrs.get("validation") or {}
-    for row in record.get("rows", []):
-        if row["trial"] == trial.number:
-            scores["validation"] = row["validation"]
-        if row["baseline"]:
-            scores["baseline_validation"] = row["validation"]
+        scores["noise_std"] = noise.std
+    validation = records.read_validation(study)
+    row = validation.row(trial.number) if validation else None
+    gain, where = (validation.gain(trial.number), "validation") if row else (None, None)
+    if row:
+        scores["validation"] = row.validation
+        if validation.baseline is not None:
+            scores["baseline_validation"] = validation.baseline
+    if gain is None and baseline is not None and baseline.number != trial.number:
+        gain, where = records.gain_over(trial, baseline), "training"
+    if gain is not None:
+        scores["gain"] = {**gain.to_dict(), "on": where}
     return scores
 
 
@@ -152,7 +158,7 @@ def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
 
 def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
     rows = []
-    baseline = baseline_trial(study)
+    baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for label, trial in (("baseline", baseline), (f"best (trial {best.number})", best)):
         grid = _load_grid(store, trial)
         if grid is not None:

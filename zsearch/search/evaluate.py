@@ -1,10 +1,14 @@
 """One evaluation of a weighting: set it, render every (prompt, seed) job, score the renders.
 
-Scores are reported prompt by prompt, so a pruner can stop a hopeless trial early.
+Scores are reported job by job (prompt × seed), in an order shuffled per trial, so a pruner's
+paired test gets one sample per job and sees every prompt early; `stop()` is asked after each
+render batch and ends the evaluation there (the jobs not run are NaN).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -22,28 +26,38 @@ class TrialFailed(Exception):
 
 @dataclass
 class Evaluation:
-    style: list[float]  # per prompt, mean over seeds
+    style: list[float]  # per prompt, mean over the seeds it ran
     prompt: list[float]
     combined: list[float]  # per prompt, weighted by the objective
     identity: Optional[list[float]]  # per prompt, when an identity scorer is configured
-    images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed
+    images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed; black = not rendered
     seconds: dict[str, float] = field(default_factory=dict)
-    terms: dict[str, list[float]] = field(default_factory=dict)  # every judge's term, per prompt
+    jobs: list[float] = field(default_factory=list)  # combined score per job, job order; NaN = not run
+    terms: dict[str, list[float]] = field(default_factory=dict)  # every judge's term, per prompt (ran jobs)
 
     def mean_term(self, name: str) -> float:
-        return sum(self.terms[name]) / len(self.terms[name])
+        return _nanmean(self.terms[name])
 
     @property
     def mean_style(self) -> float:
-        return sum(self.style) / len(self.style)
+        return _nanmean(self.style)
 
     @property
     def mean_prompt(self) -> float:
-        return sum(self.prompt) / len(self.prompt)
+        return _nanmean(self.prompt)
 
     @property
     def value(self) -> float:
-        return sum(self.combined) / len(self.combined)
+        """The mean combined score over the jobs that ran (all of them unless stopped early)."""
+        return _nanmean(self.jobs) if self.jobs else _nanmean(self.combined)
+
+    @property
+    def jobs_run(self) -> int:
+        return sum(not math.isnan(x) for x in self.jobs)
+
+    @property
+    def partial(self) -> bool:
+        return self.jobs_run < len(self.jobs)
 
 
 @dataclass
@@ -78,23 +92,36 @@ class Evaluator:
         self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)
         self._local = {prompt: i for i, prompt in enumerate(self.prompts)}  # prompt -> row of the scores
 
-    def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None) -> Evaluation:
-        """`report(prompt_index, combined_score)` is called as each prompt completes; it may raise."""
+    def order(self, order_seed: Optional[int]) -> list[int]:
+        """The job indices in evaluation order: as listed, or shuffled by `order_seed` (a trial number)."""
+        order = list(range(len(self.jobs)))
+        if order_seed is not None:
+            random.Random(order_seed).shuffle(order)
+        return order
+
+    def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None,
+                 stop: Optional[Callable[[], bool]] = None, order_seed: Optional[int] = None) -> Evaluation:
+        """Render and score every job of `recipe`.
+
+        `report(job_index, combined_score)` is called as each job is scored (job_index in the
+        canonical order, so the same step means the same job in every trial); it may raise.
+        `stop()`, asked after each render batch, ends the evaluation early when it returns True.
+        """
         render = self.config.render
+        term_weights = self.config.term_weights()
         seconds = {"set": 0.0, "render": 0.0, "score": 0.0}
         start = time.perf_counter()
         self.engine.set_recipe(recipe)
         seconds["set"] = time.perf_counter() - start
 
-        n_prompts = len(self.prompts)
-        term_weights = self.config.term_weights()
-        terms: dict[str, list[list[float]]] = {name: [[] for _ in range(n_prompts)] for name in self.panel.terms}
-        counts = [0] * n_prompts
-        per_prompt_jobs = len(self.jobs) // n_prompts
-        combined: list[float] = [float("nan")] * n_prompts
-        images = []
-        for at in range(0, len(self.jobs), render.batch):
-            chunk = self.jobs[at:at + render.batch]
+        n_jobs = len(self.jobs)
+        terms = {name: [math.nan] * n_jobs for name in self.panel.terms}  # every judge's term, per job
+        combined = [math.nan] * n_jobs
+        images: list[Optional[torch.Tensor]] = [None] * n_jobs
+        order = self.order(order_seed)
+        for at in range(0, n_jobs, render.batch):
+            indices = order[at:at + render.batch]
+            chunk = [self.jobs[i] for i in indices]
             start = time.perf_counter()
             try:
                 batch = self.engine.render(chunk, steps=render.steps, width=render.width,
@@ -108,21 +135,31 @@ class Evaluator:
             scores = {name: values.tolist() for name, values in
                       self.panel.score(batch, [job.prompt for job in chunk]).items()}
             seconds["score"] += time.perf_counter() - start
-            images.append(batch.detach().float().cpu())
-            for k, job in enumerate(chunk):
-                i = self._local[job.prompt]
+            for k, i in enumerate(indices):
+                images[i] = batch[k].detach().float().cpu()
                 for name in terms:
-                    terms[name][i].append(scores[name][k])
-                counts[i] += 1
-                if counts[i] == per_prompt_jobs:  # the weighted sum of the judges' terms
-                    combined[i] = sum(term_weights.get(name, 0.0) * _mean(terms[name][i]) for name in terms)
-                    if report is not None:
-                        report(i, combined[i])
-        means = {name: [_mean(v) for v in rows] for name, rows in terms.items()}
-        return Evaluation(style=means.get("style", [0.0] * n_prompts), prompt=means.get("prompt", [0.0] * n_prompts),
-                          combined=combined, images=torch.cat(images), seconds=seconds,
-                          identity=means.get("identity"), terms=means)
+                    terms[name][i] = scores[name][k]
+                # the objective: the weighted sum of the judges' terms
+                combined[i] = sum(term_weights[name] * terms[name][i] for name in terms)
+                if report is not None:
+                    report(i, combined[i])
+            if stop is not None and at + render.batch < n_jobs and stop():
+                break
+        blank = torch.zeros_like(next(im for im in images if im is not None))
+        per_prompt = {name: self._per_prompt(values) for name, values in terms.items()}
+        no_term = [0.0] * len(self.prompts)
+        return Evaluation(style=per_prompt.get("style", no_term), prompt=per_prompt.get("prompt", no_term),
+                          combined=self._per_prompt(combined), identity=per_prompt.get("identity"),
+                          images=torch.stack([blank if im is None else im for im in images]),
+                          seconds=seconds, jobs=combined, terms=per_prompt)
+
+    def _per_prompt(self, per_job: list[float]) -> list[float]:
+        rows: list[list[float]] = [[] for _ in self.prompts]
+        for job, value in zip(self.jobs, per_job):
+            rows[self._local[job.prompt]].append(value)
+        return [_nanmean(row) for row in rows]
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config
 from ..errors import UserError
+from . import records
 from .preference import bradley_terry, round_robin
 
 REVIEW_ATTR = "review"  # the search study's record of the review
@@ -41,20 +42,18 @@ log = logging.getLogger("zsearch")
 
 # ---------------------------------------------------------------- which candidates
 
-def _score(trial: FrozenTrial) -> float:
-    return float(trial.user_attrs.get("score", trial.values[0] if trial.values else float("-inf")))
-
-
 def pick_candidates(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
-    """The baseline, then the top-k other complete trials: those validated first (by held-out
-    score), then the rest by training score."""
+    """The baseline, then the top-k other complete trials (never a partial one): those validated
+    first (by held-out score), then the rest by training score."""
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    baseline = next((t for t in complete if t.user_attrs.get("role") == "baseline"), None)
-    held_out = {row["trial"]: row["validation"] for row in (study.user_attrs.get("validation") or {}).get("rows", [])}
-    others = [t for t in complete if t is not baseline]
-    others.sort(key=lambda t: (t.number in held_out, held_out.get(t.number, 0.0), _score(t)), reverse=True)
+    baseline = records.baseline_of(complete)
+    validation = records.read_validation(study)
+    held_out = {row.trial: row.validation for row in validation.rows} if validation else {}
+    others = [t for t in records.candidates(complete) if t is not baseline]
+    others.sort(key=lambda t: (t.number in held_out, held_out.get(t.number, 0.0), records.trial_score(t) or 0.0),
+                reverse=True)
     chosen = ([baseline] if baseline else []) + others[:top_k]
     if len(chosen) < 2:
         raise UserError(f"study '{study.study_name}' has {len(chosen)} complete trial(s); a review needs two "
