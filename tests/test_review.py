@@ -30,8 +30,8 @@ def searched(demo_assets, tmp_path_factory):
     """A finished 5-trial study of the demo (no validation, no noise runs: they are not under test)."""
     tmp = tmp_path_factory.mktemp("review")
     path = demo_config(tmp, demo_assets, name="rv", search={"trials": 5})
-    result = zsearch("run", path, "--no-progress")
-    assert result.returncode == 0, result.stderr
+    from zsearch.search.run import run
+    assert run(load_config(path), show_progress=False) is not None  # in-process: no second start-up
     return path
 
 
