@@ -34,8 +34,8 @@ def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_p
     real_load = session_module.load_engine
     calls = {"n": 0}
 
-    def faulty_engine(cfg):
-        engine = real_load(cfg)
+    def faulty_engine(cfg, *args, **kwargs):
+        engine = real_load(cfg, *args, **kwargs)
         render = engine.render
 
         def render_with_faults(jobs, **kwargs):
