@@ -77,6 +77,8 @@ class Render(_Strict):
     batch: int = Field(4, ge=1)
     guidance: float = 0.0
     way: Literal["auto", "side", "fused"] = "auto"  # how a weighting is applied (see engine)
+    compile: Union[Literal["auto"], bool] = "auto"  # regional torch.compile (engine/compile.py)
+    memory: Literal["auto", "full", "fp8", "offload"] = "auto"  # how the weights are held (engine/memory.py)
 
     @field_validator("width", "height")
     @classmethod
@@ -214,7 +216,7 @@ class Config(_Strict):
             "references": sorted(p.name for p in image_files(self.references)),
             "prompts": self.prompt_list,
             "seeds": self.seeds,
-            "render": self.render.model_dump(exclude={"batch", "way"}),
+            "render": self.render.model_dump(exclude={"batch", "way", "compile", "memory"}),
             "scorer": {k: _as_written(str(v)) for k, v in self.scorer.model_dump().items()},
             "identity": _as_written(self.identity.model) if self.identity else None,
             "objective": self.objective.model_dump(),

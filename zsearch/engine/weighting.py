@@ -100,11 +100,15 @@ class Weighting(ABC):
     name: ClassVar[str]
     lora_only: ClassVar[bool] = False  # True: applies plain LoRAs only (no LoKr/LoHa)
 
-    def __init__(self, transformer: nn.Module, loras: list[Lora]):
+    def __init__(self, transformer: nn.Module, loras: list[Lora], device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
         self.transformer = transformer
         self.loras = loras
+        # Where and in what the Linears compute; by default where their weights are. Offloaded
+        # weights sit on the CPU and fp8-stored ones compute in bf16: the engine says so.
         parameter = next(transformer.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
+        self.device = torch.device(device) if device is not None else parameter.device
+        self.dtype = dtype or parameter.dtype
         if self.lora_only:
             _refuse_lycoris(loras, self.name)
         self.targets, slots = _build_targets(transformer, loras, self.device, self.dtype)
@@ -170,23 +174,17 @@ class SidePath(Weighting):
     lora_only = True
 
     def _attach(self) -> None:
-        self._hooks = [target.linear.register_forward_hook(self._hook(i, target))
-                       for i, target in enumerate(self.targets)]
-
-    def _hook(self, index: int, target: Target):
-        scales = self.table.device_buffer[target.start:target.stop]  # a view: set_scales updates it
-        down, up = target.down, target.up
-
-        def side_path(module, inputs, output):
-            if not self._active[index]:
-                return output  # all this module's scales are 0: exactly the base output
-            hidden = F.linear(inputs[0], down)
-            hidden.mul_(scales)  # scales stay fp32 (exact ratios); the product is rounded to x's dtype
-            # output += hidden @ B^T, in place: no second (tokens x out) tensor per module
-            output.view(-1, output.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), up.t())
-            return output
-
-        return side_path
+        self._hooks = []
+        for target in self.targets:
+            linear = target.linear
+            # Plain attributes, not buffers: `module.to(dtype)` (layerwise casting) and group
+            # offloading move parameters and buffers only, so these stay put, in compute dtype,
+            # and the scales stay views into the flat buffer. Under torch.compile every Linear
+            # shares one hook function and reads tensors from its own module: one graph serves
+            # every block, and new scale values are new data, never a recompile.
+            linear.zsearch_down, linear.zsearch_up = target.down, target.up
+            linear.zsearch_scales = self.table.device_buffer[target.start:target.stop]
+            self._hooks.append(linear.register_forward_hook(_side_path))
 
     def _apply(self) -> None:
         pass  # the hooks read the buffer that set_scales just wrote
@@ -195,6 +193,25 @@ class SidePath(Weighting):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        for target in self.targets:
+            for name in SIDE_ATTRIBUTES:
+                vars(target.linear).pop(name, None)
+
+
+SIDE_ATTRIBUTES = ("zsearch_down", "zsearch_up", "zsearch_scales")
+
+
+def _side_path(module: nn.Linear, inputs, output: torch.Tensor) -> torch.Tensor:
+    """output += ((x @ A^T) * s) @ B^T, in place, with no branch on s.
+
+    At s = 0 the side term is exactly zero and adding it changes no bit of the base output, so
+    scale 0 needs no special case (a Python branch on the scales would recompile under compile).
+    """
+    hidden = F.linear(inputs[0], module.zsearch_down)
+    hidden.mul_(module.zsearch_scales)  # scales stay fp32 (exact ratios); the product is rounded to x's dtype
+    # output += hidden @ B^T, in place: no second (tokens x out) tensor per module
+    output.view(-1, output.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), module.zsearch_up.t())
+    return output
 
 
 class FusedFromCopy(Weighting):
@@ -253,13 +270,18 @@ def _refuse_lycoris(loras: list[Lora], way: str) -> None:
 WAYS: dict[str, type[Weighting]] = {cls.name: cls for cls in (SidePath, FusedFromCopy)}
 
 
-def attach_loras(transformer: nn.Module, loras: list[Lora], way: str = "auto") -> Weighting:
-    """Attach `loras` to `transformer` the named way ("side", "fused", or "auto" to pick by memory)."""
+def attach_loras(transformer: nn.Module, loras: list[Lora], way: str = "auto", device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> Weighting:
+    """Attach `loras` to `transformer` the named way ("side", "fused", or "auto" to pick by memory).
+
+    `device`/`dtype`: where and in what the transformer computes, when its weights are stored
+    elsewhere or otherwise (offloaded, fp8); default: those of its weights.
+    """
     if way == "auto":
         way = choose_way(transformer, loras)
     if way not in WAYS:
         raise UserError(f"weighting way '{way}' is unknown; use auto, {', '.join(WAYS)}")
-    return WAYS[way](transformer, loras)
+    return WAYS[way](transformer, loras, device=device, dtype=dtype)
 
 
 def choose_way(transformer: nn.Module, loras: list[Lora]) -> str:
