@@ -22,12 +22,12 @@ MD="$OUT/gpu-figures.md"
 PY="${PYTHON:-python3}"
 
 if [[ $SMOKE == 1 ]]; then
-  FULL=(--full --device cpu --dim 256 --layers 2 --refiner-layers 1 --size 64 --steps 1 --images 1 --clip ViT-B-32
+  FULL=(--full --device cpu --dim 256 --layers 2 --refiner-layers 1 --size 64 --steps 1 --images 1 --clip ViT-S-32
         --threads 1)
   PEAKS=(--peak-batches 1,2)
   COMPILE=(--compile --compile-backend aot_eager)  # inductor on a CPU would spend minutes compiling
   RUN=(--smoke --device cpu)
-  LIMITS=(300 300 300 480 300)
+  LIMITS=(300 300 300 900 300)
   BUDGET="${BUDGET_SMOKE:-2400}"
   LABEL="SMOKE (CPU, narrow models: timings meaningless)"
 else
