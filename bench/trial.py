@@ -278,8 +278,9 @@ def report(setup: Setup, results: dict[str, dict], args) -> str:
              f"# one trial = set weighting + render {n} image(s) at {setup.size}² × {setup.steps} steps "
              f"(batch {setup.batch}) + score; mean of {args.trials} trial(s) after {args.warmup} warm-up",
              "",
-             "| way | mode | set weighting | render | s/image | score | s/trial | set share | first trial | "
-             "peak GPU memory (trial) | " + " | ".join(f"peak at batch {b}" for b in setup.peak_batches) + " |",
+             "| " + " | ".join(["way", "mode", "set weighting", "render", "s/image", "score", "s/trial", "set share",
+                                "first trial", "peak GPU memory (trial)",
+                                *[f"peak at batch {b}" for b in setup.peak_batches]]) + " |",
              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(setup.peak_batches)]
     for way, r in results.items():
         share = f"{100 * r['set_weighting'] / r['trial']:.2f} %" if way != "bare" else "—"
