@@ -60,6 +60,13 @@ def test_fp8_and_offload_take_the_side_path_and_refuse_fused():
         assert "\n" not in str(info.value)
 
 
+def test_lokr_loha_need_full_memory():
+    assert way_for("auto", "full", needs_fused=True) == "auto"  # the weighting picks fused for them
+    for memory in ("fp8", "offload"):
+        with pytest.raises(UserError, match=f"LoKr/LoHa .*render.memory {memory}.*use memory: full"):
+            way_for("auto", memory, needs_fused=True)
+
+
 def test_unknown_memory_setting_is_refused():
     with pytest.raises(UserError, match="render.memory 'bf16' is unknown; use auto, full, fp8, offload"):
         resolve_memory("bf16", torch.device("cpu"), torch.nn.Linear(2, 2), torch.float32)

@@ -51,7 +51,7 @@ class Engine:
         self.pipe = load_pipeline(model, self.device, self.dtype, with_text_encoder=False, place=False)
         self.memory, memory_why = resolve_memory(memory, self.device, self.pipe.transformer, self.dtype)
         # decided before placing: a refused combination costs no GPU time
-        way = way_for(way, self.memory)
+        way = way_for(way, self.memory, needs_fused=any(not lora.plain for lora in loras))
         steps, width, height = render_size
         self.compiled, compile_why = decide_compile(compile, self.device.type, planned_images, steps, width,
                                                     height, self.memory)

@@ -74,10 +74,14 @@ def resolve_memory(setting: str, device: torch.device, transformer: nn.Module, d
     return choose_memory(free_memory_bytes(device), weight_bytes(transformer, dtype))
 
 
-def way_for(way: str, memory: str) -> str:
-    """The weighting way that goes with `memory`: fp8 and offload take the side path only."""
+def way_for(way: str, memory: str, needs_fused: bool = False) -> str:
+    """The weighting way that goes with `memory`: fp8 and offload take the side path only.
+    `needs_fused`: LoKr/LoHa inputs, which only the fused way applies."""
     if memory == "full":
         return way
+    if needs_fused:
+        raise UserError(f"LoKr/LoHa LoRAs are applied by rebuilding the weights (way fused), which render.memory "
+                        f"{memory} does not allow; use memory: full, or plain LoRAs")
     if way == "fused":
         raise UserError(f"render.way fused rebuilds the weights from a copy, which render.memory {memory} does "
                         f"not allow; use way: side (or auto), or memory: full")

@@ -10,7 +10,7 @@ from optuna.artifacts import upload_artifact
 
 from ..config import Config
 from ..grid import job_grid, save_png
-from .best import GRID_ATTR
+from . import pruning, records
 from .evaluate import Evaluation, Evaluator, TrialFailed
 from .space import SearchSpace
 from .study import WORKER_ATTR, worker_id
@@ -26,29 +26,21 @@ class Objective:
 
         # Optuna prunes single-objective studies only; and the baseline, screening and start
         # points are measurements the study relies on, so they report but always run to the end.
-        prunable = "role" not in trial.user_attrs
-
-        def report(prompt_index: int, score: float) -> None:
-            trial.report(score, step=prompt_index)
-            if prunable and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
-
+        # Jobs are reported one by one in a per-trial shuffled order; a trial the pruner stops
+        # completes with a paired stand-in score, marked partial (pruning.py).
+        prunable = records.ROLE not in trial.user_attrs
         try:
-            evaluation = self.evaluator.evaluate(recipe, report=None if self.config.objective.pareto else report)
+            evaluation = pruning.evaluate_trial(trial, self.evaluator, recipe, prunable,
+                                                report=not self.config.objective.pareto)
         except TrialFailed as exc:
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(records.FAIL_REASON, str(exc))
             raise
-        trial.set_user_attr("score", evaluation.value)
-        trial.set_user_attr("per_prompt", evaluation.combined)
-        trial.set_user_attr("style", evaluation.mean_style)
-        trial.set_user_attr("prompt", evaluation.mean_prompt)
-        if evaluation.identity is not None:
-            trial.set_user_attr("identity", sum(evaluation.identity) / len(evaluation.identity))
-        trial.set_user_attr("seconds", {k: round(v, 4) for k, v in evaluation.seconds.items()})
+        value = pruning.stand_in_value(self.study, evaluation) if evaluation.partial else evaluation.value
+        records.write_evaluation(trial, evaluation, value)
         self._upload_grid(trial, evaluation)
         if self.config.objective.pareto:
             return evaluation.mean_style, evaluation.mean_prompt
-        return evaluation.value
+        return value
 
     def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -56,4 +48,4 @@ class Objective:
             save_png(job_grid(evaluation.images, len(self.evaluator.prompts)), path)
             artifact = upload_artifact(artifact_store=self.store, file_path=str(path),
                                        study_or_trial=trial, mimetype="image/png")
-        trial.set_user_attr(GRID_ATTR, artifact)
+        trial.set_user_attr(records.GRID, artifact)
