@@ -284,10 +284,10 @@ def report(setup: Setup, results: dict[str, dict], args) -> str:
              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(setup.peak_batches)]
     for way, r in results.items():
         share = f"{100 * r['set_weighting'] / r['trial']:.2f} %" if way != "bare" else "—"
-        peaks = " | ".join(fmt_gib(r["peaks_gib"].get(b)) for b in setup.peak_batches)
-        lines.append(f"| {way} | {mode} | {fmt_time(r['set_weighting'])} | {r['render']:.3f} s | {r['image']:.3f} s | "
-                     f"{r['score']:.3f} s | {r['trial']:.3f} | {share} | {r['first_trial']:.2f} s | "
-                     f"{fmt_gib(r['peak_gib'])} | {peaks}{' |' if peaks else ''}")
+        cells = [way, mode, fmt_time(r["set_weighting"]), f"{r['render']:.3f} s", f"{r['image']:.3f} s",
+                 f"{r['score']:.3f} s", f"{r['trial']:.3f}", share, f"{r['first_trial']:.2f} s", fmt_gib(r["peak_gib"]),
+                 *[fmt_gib(r["peaks_gib"].get(b)) for b in setup.peak_batches]]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     naive = results.get("naive")
     for way in ("side", "fused"):
