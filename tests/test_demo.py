@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from zsearch.blocks import all_modules
-from zsearch.demo import BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, build_demo, build_tiny_pipeline
+from zsearch.demo import (BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_PROMPTS, REFERENCE_SEEDS, build_demo,
+                          build_tiny_pipeline)
+from zsearch.inputs import load_config
 from zsearch.lora.read import load_lora
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,7 +57,7 @@ def test_the_loras_read_back_as_ai_toolkit_on_every_module(demo_assets):
 def test_references_prompts_and_hidden_recipe(demo_assets):
     assert demo_assets.prompts.read_text().splitlines()[1:] == PROMPTS
     names = sorted(p.name for p in demo_assets.references.iterdir())
-    assert names == [f"ref_p{p}_s{s}.png" for p in range(3) for s in demo_assets.seeds]
+    assert names == sorted(f"ref_p{p}_s{s}.png" for p in range(4) for s in demo_assets.reference_seeds)
     recipe = demo_assets.hidden_recipe
     assert [lw.path for lw in recipe.loras] == demo_assets.loras
     assert [lw.ratio for lw in recipe.loras] == [w["ratio"] for w in HIDDEN_WEIGHTS]
@@ -77,3 +82,73 @@ def test_build_is_idempotent_and_deterministic(demo_assets, tmp_path):
     build_tiny_pipeline(tmp_path / "model")
     model_files = {k: v for k, v in before.items() if k.startswith("tiny-z-image/")}
     assert {f"tiny-z-image/{k}": v for k, v in digests(tmp_path / "model").items()} == model_files
+
+
+def test_references_never_share_a_seed_or_prompt_with_what_a_demo_search_renders(demo_assets):
+    # As in real use: the references show the style on other subjects, never the search's own jobs:
+    # not its training seeds, nor the validation's or the noise's seeds derived from them.
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.validation.prompts is None and not config.validation.seeds  # the defaults are derived
+    for seeds in (list(config.seeds), list(demo_assets.seeds)):
+        searched = {*seeds, *config.validation.seeds_for(seeds),
+                    *(seed for noise_seeds in config.noise.seed_sets(seeds) for seed in noise_seeds)}
+        assert len(searched) == len(seeds) * (2 + config.noise.repeats)
+        assert not searched & set(demo_assets.reference_seeds), searched & set(demo_assets.reference_seeds)
+    assert list(demo_assets.reference_seeds) == REFERENCE_SEEDS
+    assert not set(REFERENCE_PROMPTS) & set(PROMPTS)
+
+
+# ---------------------------------------------------------------- a faithful miniature of real use
+
+@pytest.fixture(scope="module")
+def demo_run(demo_assets, tmp_path_factory):
+    """configs/demo.yaml over the session's demo assets: its config, engine, judges and space."""
+    import yaml
+
+    from zsearch.search import session
+    from zsearch.search.space import SearchSpace
+
+    folder = tmp_path_factory.mktemp("demo-config")
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(demo_assets.root))
+    data = {**yaml.safe_load(text), "output": str(folder / "out")}
+    path = folder / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    session.prepare(config)
+    engine = session.load_engine(config)
+    return config, engine, session.load_scorers(config, engine.device), SearchSpace(config)
+
+
+def test_the_demo_loras_have_a_look_that_holds_across_seeds_and_prompts(demo_run, demo_assets):
+    # A style LoRA changes every image the same way; random LoRAs (build 3) scored a cosine of 0.06.
+    from zsearch.search.evaluate import Evaluator
+
+    config, engine, scorers, space = demo_run
+    evaluator = Evaluator(config, engine, None)
+    change = []
+    for recipe in (space.recipe(space.baseline()), space.recipe(space.params_of(demo_assets.hidden_recipe))):
+        engine.set_recipe(recipe)
+        change.append(engine.render(evaluator.jobs, steps=config.render.steps, width=config.render.width,
+                                    height=config.render.height, batch=len(evaluator.jobs)))
+    unit = torch.nn.functional.normalize((change[1] - change[0]).flatten(1), dim=1)
+    cos = unit @ unit.T
+    n = len(cos)
+    assert n == len(config.prompt_list) * len(config.seeds) >= 12
+    assert (cos.sum() - cos.diag().sum()) / (n * n - n) >= 0.3
+
+
+def test_the_gain_of_the_hidden_weighting_stands_far_above_the_seed_noise(demo_run, demo_assets):
+    # The baseline's score spread over seed sets (as `noise:` measures it) against the gain of w*.
+    import statistics
+
+    from zsearch.search.evaluate import Evaluator
+
+    config, engine, scorers, space = demo_run
+    baseline = space.recipe(space.baseline())
+    w_star = space.recipe(space.params_of(demo_assets.hidden_recipe))
+    gain = Evaluator(config, engine, scorers).evaluate(w_star).value - \
+        Evaluator(config, engine, scorers).evaluate(baseline).value
+    seed_sets = [list(config.seeds), *config.noise.seed_sets(config.seeds)]
+    sigma = statistics.stdev(Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value
+                             for seeds in seed_sets)
+    assert gain > 0 and sigma <= 0.2 * gain, (sigma, gain)

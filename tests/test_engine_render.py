@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def engine(demo_assets, tmp_path_factory):
-    return Engine(str(demo_assets.model_dir), load_loras(demo_assets.loras), demo_assets.prompt_list,
+    return Engine(str(demo_assets.model_dir), load_loras(demo_assets.loras),
+                  [*demo_assets.prompt_list, *demo_assets.reference_prompts],  # the references' prompts last
                   device="cpu", way="side", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
@@ -36,10 +37,13 @@ def test_engine_renders_the_references_at_the_hidden_recipe(engine, demo_assets)
     # the side path must give the same images, up to the PNG's 8-bit rounding.
     engine.set_recipe(demo_assets.hidden_recipe)
     files = reference_files(demo_assets.references)
-    jobs = [Job(p, prompt, seed) for p, prompt in enumerate(demo_assets.prompt_list) for seed in demo_assets.seeds]
-    assert [f.name for f in files] == [f"ref_p{j.prompt_index}_s{j.seed}.png" for j in jobs]
+    first = len(demo_assets.prompt_list)
+    jobs = [Job(first + p, prompt, seed) for p, prompt in enumerate(demo_assets.reference_prompts)
+            for seed in demo_assets.reference_seeds]
+    assert [f.name for f in files] == sorted(f"ref_p{j.prompt_index - first}_s{j.seed}.png" for j in jobs)
+    jobs = sorted(jobs, key=lambda j: f"ref_p{j.prompt_index - first}_s{j.seed}.png")
     images = render(engine, demo_assets, jobs)
-    assert images.shape == (6, 3, demo_assets.height, demo_assets.width)
+    assert images.shape == (len(files), 3, demo_assets.height, demo_assets.width)
     assert images.device == engine.device and images.dtype == torch.float32
     references = torch.stack([read_image(f) for f in files])
     assert (images - references).abs().max() <= 0.5 / 255 + 1e-4

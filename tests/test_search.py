@@ -179,10 +179,15 @@ def test_missing_config_exits_2(tmp_path):
 
 
 def test_search_finds_the_known_optimum(tmp_path, demo_assets):
-    """References rendered at hidden weights w* (8 parameters): the search gets within 2 % of w*."""
+    """References rendered at hidden weights w* (8 parameters) on prompts and seeds of their own:
+    the exported best lies close to w* in weight space, and scores as well as w* does."""
+    from zsearch.lora.read import load_loras
+    from zsearch.recipe import load_recipe
     from zsearch.search import run as run_module
     from zsearch.search import session as session_module
+    from zsearch.search.distance import weight_distance
     from zsearch.search.evaluate import Evaluator
+    from zsearch.search.space import SearchSpace
 
     config, w_star = known_optimum_config(tmp_path, demo_assets, search={"trials": 40, "seed": 1})
     best = run_module.run(config, show_progress=False)
@@ -193,3 +198,11 @@ def test_search_finds_the_known_optimum(tmp_path, demo_assets):
     baseline = load(config.out_dir).trials[0].value
     assert baseline < 0.98 * optimum  # the problem is not solved by plain stacking already
     assert best.value >= 0.98 * optimum, (best.value, optimum, baseline)
+    loras = load_loras([lora.path for lora in config.loras])
+    space = SearchSpace(config)
+    exported = load_recipe(config.out_dir / "best.yaml")
+    d_best = weight_distance(loras, exported, w_star)
+    d_baseline = weight_distance(loras, space.recipe(space.baseline()), w_star)
+    print(f"weight-space distance to w*: best {d_best:.3f}, baseline {d_baseline:.3f}")
+    if d_best > 0.3 * d_baseline:  # issue 13's target, not met yet: the demo judge sees too few looks
+        pytest.xfail(f"best is {d_best / d_baseline:.2f} x the baseline's weight-space distance to w* (target 0.3)")

@@ -1,12 +1,16 @@
-"""Tiny offline models: a random Z-Image-Turbo pipeline, a tiny open_clip model, LoRAs, references.
+"""Tiny offline models: a random Z-Image-Turbo pipeline, a taught tiny open_clip, LoRAs, references.
 
 Everything is built from the real classes with small configs and saved the way the real models
 are (`save_pretrained`, an open_clip `local-dir:` folder, AI-Toolkit safetensors), so the code
 under test loads them through the very same paths. Nothing is downloaded; everything is seeded,
-so two builds give the same files. Building takes a few seconds on a CPU.
+so two builds give the same files. Building takes well under a minute on a CPU.
 
-The reference images are rendered by the tiny pipeline itself at a hidden weighting of the demo
-LoRAs (`DemoAssets.hidden_recipe`), so a search over the demo has a known optimum.
+The demo is a miniature of real use:
+- the two demo LoRAs have a look, as style LoRAs do: each component and layer band of each LoRA
+  pushes the image in its own direction, the same for every seed and prompt;
+- the reference images show that look: they are rendered at a hidden weighting
+  (`DemoAssets.hidden_recipe`) with prompts and seeds of their own, never the search's;
+- the judge sees the look and the prompt, not the seed's layout (`zsearch.demo_judge`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from .blocks import all_modules, expected_shape
 from .recipe import LoraWeights, Recipe
 
-BUILD_VERSION = "3"  # bump when the demo assets change, so old builds are rebuilt
+BUILD_VERSION = "4"  # bump when the demo assets change, so old builds are rebuilt
 
 # The tiny transformer: same class and block structure as Z-Image-Turbo, width 32.
 TRANSFORMER_CONFIG = dict(
@@ -35,16 +39,27 @@ TRANSFORMER_CONFIG = dict(
 )
 TEXT_HIDDEN = 16  # = cap_feat_dim: the pipeline feeds hidden_states[-2] of the text encoder
 LORA_RANK = 4
-LORA_SEEDS = (100, 101)  # one random LoRA per seed
-CALIBRATION_RENDERS = 8  # renders at random weightings that centre the tiny CLIP's embeddings
+LORA_SEEDS = (100, 101)  # one demo LoRA per seed
 SIZE = 64  # demo renders are SIZE x SIZE (a multiple of 16)
 STEPS = 4
-SEEDS = [1, 2]
+SEEDS = [1, 2]  # the search's seeds (configs/demo.yaml)
 PROMPTS = [
     "a lighthouse on a cliff at dusk",
     "a bowl of ripe oranges on a wooden table",
     "portrait of an old sailor with a grey beard",
 ]
+# The references show the style on subjects and seeds of their own, as a user's references do.
+# Seeds from 90000 on: apart from the search's, the validation's (+1000) and the noise's (+2000).
+REFERENCE_PROMPTS = [
+    "a red barn in a snowy field",
+    "a cup of coffee on a windowsill",
+    "a cat asleep on a blue sofa",
+    "a sailing boat on a calm sea",
+]
+REFERENCE_SEEDS = [90001, 90002, 90003, 90004, 90005, 90006]
+CALIBRATION_SEEDS = [70001, 70002]  # renders that find each module's typical input (LoRA design)
+JUDGE_SEED_BASE = 80000  # the judge's lessons are rendered with seeds from here on
+JUDGE_WEIGHTINGS = 64  # random weightings the judge learns from, one render of each per prompt
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
@@ -64,10 +79,11 @@ CLIP_CONFIG = {
         "resize_mode": "shortest",
     },
 }
-# The weighting the reference images are rendered at (the search's known optimum).
+# The weighting the reference images are rendered at (the search's known optimum), inside the
+# space configs/demo.yaml searches (per LoRA: ratio, attn, ffn, adaLN).
 HIDDEN_WEIGHTS = [
-    dict(ratio=0.9, components={"attn": 1.4, "w2": 0.5}, layers={"0-9": 1.2, "10-19": 0.7, "20-29": 1.0}),
-    dict(ratio=0.5, components={"adaLN": 0.3, "ffn": 1.6}, layers={"0-9": 0.4, "10-19": 1.3, "20-29": 0.8}),
+    dict(ratio=0.9, components={"attn": 1.4, "ffn": 0.6, "adaLN": 1.0}),
+    dict(ratio=0.5, components={"attn": 0.6, "ffn": 1.5, "adaLN": 0.4}),
 ]
 
 
@@ -81,6 +97,8 @@ class DemoAssets:
     prompts: Path  # one prompt a line
     hidden_recipe: Recipe  # the weighting the references were rendered at
     seeds: tuple[int, ...] = tuple(SEEDS)
+    reference_prompts: tuple[str, ...] = tuple(REFERENCE_PROMPTS)
+    reference_seeds: tuple[int, ...] = tuple(REFERENCE_SEEDS)
     width: int = SIZE
     height: int = SIZE
     steps: int = STEPS
@@ -107,10 +125,9 @@ def build_demo(root: Path) -> DemoAssets:
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:
             return assets
         build_tiny_pipeline(assets.model_dir)
-        for index, path in enumerate(assets.loras):
-            if not path.exists():
-                _write_atomic_file(path, lambda tmp, i=index: _write_demo_lora(tmp, seed=LORA_SEEDS[i]))
-        _build_once(assets.clip_dir, lambda d: _build_tiny_clip(d, assets.model_dir))
+        if not all(path.exists() for path in assets.loras):
+            _write_demo_loras(assets)
+        _build_once(assets.clip_dir, lambda d: _build_tiny_clip(d, assets))
         if not assets.prompts.exists():
             _write_atomic_file(assets.prompts, lambda tmp: tmp.write_text(
                 "# demo prompts, one a line\n" + "\n".join(PROMPTS) + "\n"))
@@ -151,9 +168,10 @@ def _save_tiny_pipeline(out_dir: Path) -> None:
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8,  # 8x down, as Flux's VAE
+        block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=1,  # 8x down, as Flux's VAE
         scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
     )
+    _make_decoder_local(vae.decoder)
     text_encoder = Qwen3Model(Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, head_dim=8, num_attention_heads=2,
         num_key_value_heads=1, intermediate_size=32, num_hidden_layers=3, max_position_embeddings=1024,
@@ -163,6 +181,35 @@ def _save_tiny_pipeline(out_dir: Path) -> None:
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                           transformer=transformer)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _make_decoder_local(decoder) -> None:
+    """Give the random decoder the one trait of a real VAE the demo needs: it decodes locally.
+
+    A real decoder turns each latent patch into the colours and texture it encodes, so a shift
+    of the latents (a LoRA's look) is a shift of the image. A random one scrambles that through
+    its residual blocks, mid attention and per-channel norms. Here the upsamplers pass their
+    input on, the residual blocks add only a little texture, the attention adds nothing, one norm
+    group spans every channel (see _save_tiny_pipeline) and conv_out maps latent channels to RGB.
+    """
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for conv in [decoder.conv_in, *(up.conv for block in decoder.up_blocks for up in (block.upsamplers or []))]:
+            conv.weight.zero_()
+            conv.weight[:, :, 1, 1] = torch.eye(conv.weight.shape[0], conv.weight.shape[1])
+            conv.bias.zero_()
+        for block in [decoder.mid_block, *decoder.up_blocks]:
+            for resnet in block.resnets:
+                resnet.conv2.weight.mul_(0.1)
+                resnet.conv2.bias.zero_()
+        for attention in decoder.mid_block.attentions:
+            attention.to_out[0].weight.zero_()
+            attention.to_out[0].bias.zero_()
+        to_rgb = torch.randn(3, decoder.conv_out.weight.shape[1], generator=generator)
+        to_rgb = 0.8 * to_rgb / to_rgb.norm(dim=1, keepdim=True)
+        decoder.conv_out.weight.zero_()
+        decoder.conv_out.weight[:, :, 1, 1] = to_rgb
+        decoder.conv_out.bias.copy_(-0.2 * to_rgb.sum(dim=1))  # SiLU of a unit normal averages ~0.2
 
 
 def _tiny_tokenizer():
@@ -178,125 +225,195 @@ def _tiny_tokenizer():
     return tokenizer
 
 
-# ---------------------------------------------------------------- the tiny CLIP
-
-def _build_tiny_clip(out_dir: Path, model_dir: Path) -> None:
-    """A random tiny open_clip model, centred on demo renders, saved as a `local-dir:` folder.
-
-    A random CLIP maps every image close to one common direction (all cosines ~0.99), which would
-    make every weighting score alike. Setting the bias of its last LayerNorm to minus the mean
-    pooled feature of some demo renders (at weightings other than the hidden one) centres the
-    embeddings, so cosines spread over [-1, 1] as a trained CLIP's do.
-    """
-    import open_clip
+def _load_pipeline(model_dir: Path):
     from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def render_batch(pipe, prompts: list[str], seeds: list[int], height: int = SIZE, width: int = SIZE,
+                 steps: int = STEPS) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] of (prompt, seed) pairs, noise drawn as the engine draws it."""
+    from .engine.render import initial_latents
+
+    distinct = list(dict.fromkeys(prompts))
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompt=list(distinct), do_classifier_free_guidance=False)  # it edits the list
+        embeds = dict(zip(distinct, embeds))
+        latents = torch.cat([initial_latents(seed, pipe.transformer.config.in_channels, height, width,
+                                             pipe.vae_scale_factor) for seed in seeds])
+        result = pipe(prompt_embeds=[embeds[p] for p in prompts], height=height, width=width,
+                      num_inference_steps=steps, guidance_scale=0.0, latents=latents, output_type="pt")
+    return result.images.float()
+
+
+# ---------------------------------------------------------------- LoRAs with a look
+
+LOOK_GAIN = 0.7  # size of a module's look direction, relative to its base weight's norm
+NOISE_GAIN = 0.1  # the rest of the LoRA: small random directions, as any trained LoRA has
+
+
+def demo_lora_tensors(seed: int, typical_inputs: dict[str, torch.Tensor], base_norms: dict[str, float],
+                      dim: int = TRANSFORMER_CONFIG["dim"], rank: int = LORA_RANK,
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module path -> (A (rank x in), B (out x rank)) of a demo LoRA with a look.
+
+    A style LoRA moves every image the same way. So the first rank of each module reads the
+    module's typical input (the mean input over renders, the same for every seed and prompt)
+    and writes one look direction: one direction per (component, layer band) of this LoRA, so
+    the weighting of components and bands decides the look. The other ranks are small noise.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    directions: dict[tuple[str, str], torch.Tensor] = {}
+    tensors = {}
+    for module in all_modules():
+        out_features, in_features = expected_shape(module.component, dim)
+        group = (module.component, module.block if module.block != "layers" else f"band{module.index // 10}")
+        if group not in directions:
+            directions[group] = torch.nn.functional.normalize(torch.randn(out_features, generator=generator), dim=0)
+        down = torch.randn(rank, in_features, generator=generator) / in_features ** 0.5
+        up = torch.randn(out_features, rank, generator=generator) / (out_features * rank) ** 0.5
+        up *= NOISE_GAIN * base_norms[module.path]
+        down[0] = torch.nn.functional.normalize(typical_inputs[module.path], dim=0)
+        up[:, 0] = directions[group] * LOOK_GAIN * base_norms[module.path]
+        tensors[module.path] = (down, up)
+    return tensors
+
+
+def _write_demo_loras(assets: DemoAssets) -> None:
     from safetensors.torch import save_file
 
+    pipe = _load_pipeline(assets.model_dir)
+    typical = _typical_inputs(pipe)
+    norms = {m.path: pipe.transformer.get_submodule(m.path).weight.norm().item() for m in all_modules()}
+    for path, seed in zip(assets.loras, LORA_SEEDS):
+        state = {}
+        for module_path, (down, up) in demo_lora_tensors(seed, typical, norms).items():
+            state[f"diffusion_model.{module_path}.lora_A.weight"] = down.contiguous()
+            state[f"diffusion_model.{module_path}.lora_B.weight"] = up.contiguous()
+        _write_atomic_file(path, lambda tmp, s=state: save_file(s, str(tmp), metadata={"format": "pt"}))
+
+
+def _typical_inputs(pipe) -> dict[str, torch.Tensor]:
+    """Each module's mean input over a few base renders (every token, step, prompt and seed)."""
+    sums: dict[str, list] = {}
+
+    def hook(path):
+        def record(module, args, output):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            total = sums.setdefault(path, [0.0, 0])
+            total[0] = total[0] + x.sum(dim=0)
+            total[1] += x.shape[0]
+        return record
+
+    handles = [pipe.transformer.get_submodule(m.path).register_forward_hook(hook(m.path)) for m in all_modules()]
+    try:
+        jobs = [(p, s) for p in PROMPTS for s in CALIBRATION_SEEDS]
+        render_batch(pipe, [p for p, _ in jobs], [s for _, s in jobs])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {path: total / count for path, (total, count) in sums.items()}
+
+
+def read_demo_lora(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module path -> (A, B) of a demo LoRA file (AI-Toolkit keys, no alpha)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    prefix, down_suffix = "diffusion_model.", ".lora_A.weight"
+    return {key[len(prefix):-len(down_suffix)]: (state[key], state[key.replace(".lora_A.", ".lora_B.")])
+            for key in state if key.endswith(down_suffix)}
+
+
+# ---------------------------------------------------------------- the judge (tiny CLIP)
+
+def _build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
+    """A tiny open_clip model taught to see the demo's looks and prompts, saved as a `local-dir:` folder.
+
+    Its lessons are renders of every prompt (the search's and the references') at random
+    weightings of the demo LoRAs, with seeds of their own.
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    from .demo_judge import train_judge
     from .engine.scorer import preprocess
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "open_clip_config.json").write_text(json.dumps(CLIP_CONFIG, indent=2))
     torch.manual_seed(1)
-    model = open_clip.create_model(f"local-dir:{out_dir}").eval()  # random init from the config
+    model = open_clip.create_model(f"local-dir:{out_dir}")  # random init from the config
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out_dir}")
 
-    pipe = ZImagePipeline.from_pretrained(model_dir)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _load_pipeline(assets.model_dir)
+    loras = [read_demo_lora(path) for path in assets.loras]
+    prompts = [*PROMPTS, *REFERENCE_PROMPTS]
     generator = torch.Generator().manual_seed(7)
-    renders = []
-    for k in range(CALIBRATION_RENDERS):  # random weightings, prompts and seeds (none of SEEDS)
-        factors = (torch.rand(len(LORA_SEEDS), generator=generator) * 1.5).tolist()
-        with _fused(pipe.transformer, [{path: f for path in demo_lora_tensors(seed)}
-                                       for f, seed in zip(factors, LORA_SEEDS)]):
-            renders.append(render_plain(pipe, PROMPTS[k % len(PROMPTS)], 1000 + k, SIZE, SIZE, STEPS))
-    captured = {}
-    hook = model.visual.ln_post.register_forward_hook(lambda module, args, out: captured.update(out=out))
-    with torch.no_grad():
-        model.encode_image(preprocess(torch.stack(renders), dict(model.visual.preprocess_cfg)))
-        hook.remove()
-        pooled = captured["out"][:, 0]  # the class token: this config pools by token
-        model.visual.ln_post.bias -= pooled.mean(dim=0)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    images, look_index, prompt_index = [], [], []
+    for k in range(JUDGE_WEIGHTINGS):
+        scales = [random_weighting(generator).module_scales(lora) for lora in loras]
+        seeds = [JUDGE_SEED_BASE + k * len(prompts) + i for i in range(len(prompts))]
+        with _fused(pipe.transformer, loras, scales):
+            images.append(render_batch(pipe, prompts, seeds))
+        prompt_index.extend(range(len(prompts)))
+        look_index.extend([k] * len(prompts))
+    cfg = dict(model.visual.preprocess_cfg)
+    train_judge(model, torch.cat(images), torch.tensor(look_index), torch.tensor(prompt_index), prompts, tokenizer,
+                lambda x: preprocess(x, cfg), seed=1)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))
 
 
-# ---------------------------------------------------------------- LoRAs
+def random_weighting(generator: torch.Generator) -> LoraWeights:
+    """A random weighting of one LoRA over the demo's search space (ratio, components, bands)."""
+    def draw(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=generator).item()
 
-def demo_lora_tensors(seed: int, dim: int = TRANSFORMER_CONFIG["dim"], rank: int = LORA_RANK
-                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """module path -> (A (rank x in), B (out x rank)) of a random LoRA on every module.
-
-    B·A is as large as the base weight (not near zero as a fresh LoRA would be), so different
-    weightings render visibly different images.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for module in all_modules():
-        out_features, in_features = expected_shape(module.component, dim)
-        down = torch.randn(rank, in_features, generator=generator) / in_features ** 0.5
-        up = torch.randn(out_features, rank, generator=generator) / rank ** 0.5 * 0.6
-        tensors[module.path] = (down, up)
-    return tensors
-
-
-def _write_demo_lora(path: Path, seed: int) -> None:
-    from safetensors.torch import save_file
-
-    state = {}
-    for module_path, (down, up) in demo_lora_tensors(seed).items():
-        state[f"diffusion_model.{module_path}.lora_A.weight"] = down.contiguous()
-        state[f"diffusion_model.{module_path}.lora_B.weight"] = up.contiguous()
-    save_file(state, str(path), metadata={"format": "pt"})
+    components = {c: draw(0.0, 2.0) for c in ("adaLN", "attn", "w1", "w2", "w3")}
+    layers = {key: draw(0.0, 2.0) for key in ("0-9", "10-19", "20-29")}
+    return LoraWeights(path=Path("."), ratio=draw(0.0, 1.5), components=components, layers=layers)
 
 
 # ---------------------------------------------------------------- reference images
 
 def _render_references(assets: DemoAssets, out_dir: Path) -> None:
-    """Render every (prompt, seed) at the hidden weighting, fused straight into the weights.
+    """Render the reference prompts and seeds at the hidden weighting, fused straight into the weights.
 
     Deliberately independent of zsearch.engine: the weights are W + sum_i s_i·B_i·A_i, the very
     definition the engine must reproduce.
     """
-    from diffusers import ZImagePipeline
     from PIL import Image
 
-    pipe = ZImagePipeline.from_pretrained(assets.model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    scales = [weights.module_scales(demo_lora_tensors(seed))
-              for weights, seed in zip(assets.hidden_recipe.loras, LORA_SEEDS)]
+    pipe = _load_pipeline(assets.model_dir)
+    loras = [read_demo_lora(path) for path in assets.loras]
+    scales = [weights.module_scales(lora) for weights, lora in zip(assets.hidden_recipe.loras, loras)]
+    jobs = [(p, seed) for p in range(len(REFERENCE_PROMPTS)) for seed in REFERENCE_SEEDS]
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _fused(pipe.transformer, scales):
-        for p, prompt in enumerate(PROMPTS):
-            for seed in SEEDS:
-                image = render_plain(pipe, prompt, seed, SIZE, SIZE, STEPS)
-                array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-                Image.fromarray(array).save(out_dir / f"ref_p{p}_s{seed}.png")
+    with _fused(pipe.transformer, loras, scales):
+        images = render_batch(pipe, [REFERENCE_PROMPTS[p] for p, _ in jobs], [s for _, s in jobs])
+    for (p, seed), image in zip(jobs, images):
+        array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(out_dir / f"ref_p{p}_s{seed}.png")
 
 
 @contextmanager
-def _fused(transformer, scales: list[dict[str, float]]):
-    """The demo LoRAs fused into the weights at per-module `scales` (one dict per LoRA), then undone."""
+def _fused(transformer, loras: list[dict[str, tuple[torch.Tensor, torch.Tensor]]], scales: list[dict[str, float]]):
+    """The LoRAs fused into the weights at per-module `scales` (one dict per LoRA), then undone."""
     original = {path: transformer.get_submodule(path).weight.detach().clone()
-                for per_lora in scales for path in per_lora}
+                for lora in loras for path in lora}
     with torch.no_grad():
-        for per_lora, seed in zip(scales, LORA_SEEDS):
-            for path, (down, up) in demo_lora_tensors(seed).items():
-                transformer.get_submodule(path).weight += per_lora[path] * (up @ down)
+        for lora, per_module in zip(loras, scales):
+            for path, (down, up) in lora.items():
+                transformer.get_submodule(path).weight += per_module[path] * (up @ down)
     try:
         yield
     finally:
         with torch.no_grad():
             for path, weight in original.items():
                 transformer.get_submodule(path).weight.copy_(weight)
-
-
-def render_plain(pipe, prompt: str, seed: int, height: int, width: int, steps: int) -> torch.Tensor:
-    """One image (3,H,W) in [0,1] from a pipeline with its text encoder, noise as the engine draws it."""
-    from .engine.render import initial_latents
-
-    latents = initial_latents(seed, pipe.transformer.config.in_channels, height, width, pipe.vae_scale_factor)
-    result = pipe(prompt=prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=0.0,
-                  latents=latents, output_type="pt")
-    return result.images[0]
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,0 +1,147 @@
+"""How faithful the demo is to real use: is its hidden weighting w* the peak its judge sees?
+
+Builds the demo assets (timed, with one and with two torch threads when asked), then on the
+demo's own config (configs/demo.yaml, its objective weights and search space):
+- nudges: the fraction of single-parameter nudges (+-5 % of range) of w* that score lower than w*;
+- noise: the baseline's score spread over seed sets, as a fraction of score(w*) - score(baseline);
+- look: how alike the change baseline -> w* is across jobs (mean pairwise pixel cosine);
+- with --run: `zsearch run` on the demo, and the exported best's weight-space distance to w*
+  against the baseline's (zsearch.search.distance).
+
+    python bench/demo_faithfulness.py [--threads 1] [--build-threads 1 2] [--run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from zsearch.demo import build_demo  # noqa: E402
+from zsearch.inputs import load_config  # noqa: E402
+from zsearch.lora.read import load_loras  # noqa: E402
+from zsearch.recipe import load_recipe  # noqa: E402
+from zsearch.search import run as run_module  # noqa: E402
+from zsearch.search import session  # noqa: E402
+from zsearch.search.distance import weight_distance  # noqa: E402
+from zsearch.search.evaluate import Evaluator  # noqa: E402
+from zsearch.search.space import SearchSpace  # noqa: E402
+
+
+def demo_config(folder: Path, assets_dir: Path, output: Path):
+    """configs/demo.yaml with its assets and outputs moved into `folder`."""
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
+    data = yaml.safe_load(text)
+    data["output"] = str(output)
+    path = folder / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    session.prepare(config)  # reads the prompts
+    return config
+
+
+def faithfulness(config, assets) -> dict:
+    engine = session.load_engine(config)
+    scorers = session.load_scorers(config, engine.device)
+    evaluator = Evaluator(config, engine, scorers)
+    space = SearchSpace(config)
+    star = space.params_of(assets.hidden_recipe)
+    w_star = space.recipe(star)
+    best = evaluator.evaluate(w_star)
+    base = evaluator.evaluate(space.recipe(space.baseline()))
+    lower, total, worst = 0, 0, []
+    for p in space.params:
+        step = 0.05 * (p.high - p.low)
+        for sign in (-1, 1):
+            value = min(max(star[p.name] + sign * step, p.low), p.high)
+            if value == star[p.name]:
+                continue
+            score = evaluator.evaluate(space.recipe({**star, p.name: value})).value
+            total += 1
+            lower += score < best.value
+            worst.append((score - best.value, f"{p.name}{'+' if sign > 0 else '-'}"))
+    seed_sets = [list(config.seeds), *config.noise.seed_sets(config.seeds)]
+    spread = statistics.stdev(Evaluator(config, engine, scorers, seeds=s).evaluate(space.recipe(space.baseline())).value
+                              for s in seed_sets)
+    change = (best.images - base.images).reshape(len(best.images), -1)
+    unit = F.normalize(change, dim=1)
+    cos = unit @ unit.T
+    n = len(cos)
+    loras = load_loras([lora.path for lora in config.loras])
+    return {
+        "score_w_star": best.value, "score_baseline": base.value,
+        "nudges_lower": lower / total, "nudges": total, "highest_nudges": sorted(worst)[-3:],
+        "sigma_ratio": spread / (best.value - base.value), "baseline_sigma": spread,
+        "look_cosine": float((cos.sum() - cos.diag().sum()) / (n * n - n)),
+        "baseline_distance": weight_distance(loras, space.recipe(space.baseline()), assets.hidden_recipe),
+        "loras": loras, "space": space,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--build-threads", type=int, nargs="*", default=[])
+    parser.add_argument("--run", action="store_true", help="also run the demo search and measure its best")
+    parser.add_argument("--assets", type=Path, help="build (or reuse) the demo assets here, not in a temporary folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for threads in args.build_threads:  # build time from scratch (build_demo pins one thread itself)
+            start = time.perf_counter()
+            import zsearch.demo as demo
+            original = demo._one_thread
+            demo._one_thread = lambda n=threads: _threads(n)
+            build_demo(folder / f"build-{threads}")
+            demo._one_thread = original
+            print(f"build with {threads} torch thread(s): {time.perf_counter() - start:.1f} s")
+        torch.set_num_threads(args.threads)
+        start = time.perf_counter()
+        assets_dir = args.assets or folder / "assets"
+        assets = build_demo(assets_dir)
+        print(f"build: {time.perf_counter() - start:.1f} s")
+        config = demo_config(folder, assets_dir, folder / "out")
+        f = faithfulness(config, assets)
+        print(f"score(w*) {f['score_w_star']:.4f}  score(baseline) {f['score_baseline']:.4f}")
+        print(f"nudges lower than w*: {f['nudges_lower']:.0%} of {f['nudges']} (target >= 95 %); "
+              f"highest: {f['highest_nudges']}")
+        print(f"baseline sigma {f['baseline_sigma']:.4f} = {f['sigma_ratio']:.3f} x gain (target <= 0.2)")
+        print(f"look: pixel change baseline->w* cosine across jobs {f['look_cosine']:.3f}")
+        print(f"baseline weight-space distance to w*: {f['baseline_distance']:.3f}")
+        if args.run:
+            start = time.perf_counter()
+            run_module.run(config, show_progress=False)
+            seconds = time.perf_counter() - start
+            best = load_recipe(config.out_dir / "best.yaml")
+            d = weight_distance(f["loras"], best, assets.hidden_recipe)
+            print(f"zsearch run: {seconds:.1f} s; best distance {d:.3f} = {d / f['baseline_distance']:.2f} x "
+                  f"baseline's (target <= 0.3); best score {best.info.get('score')}")
+            print(f"gain: {best.info.get('scores', {}).get('gain')}")
+
+
+def _threads(n: int):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def pinned():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+    return pinned()
+
+
+if __name__ == "__main__":
+    main()

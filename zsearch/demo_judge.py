@@ -1,0 +1,114 @@
+"""The demo's judge: a tiny open_clip model taught, at build time, to see a render's look.
+
+A random CLIP groups images by their layout (the seed), which no real CLIP does. A real CLIP sees
+palette, contrast and texture, and matches a prompt to its image. The tiny model is taught the
+same in a few seconds: its image tower regresses a layout-free description of each render
+(`look_features`: colour means and spreads, colour correlations, edge energy at two scales) and
+a code of the render's prompt; its text tower regresses the same prompt code. It stays a plain
+open_clip model, saved and loaded as any other.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOOK_SHARPNESS = 2.0  # the constant embedding axis: with it a score sees a look's distance, not just its direction
+PROMPT_WEIGHT = 1.0  # length of the prompt code beside the unit-variance look coordinates
+LOOK_LIMIT = 3.0  # standardised statistics beyond this are all just "far"
+TRAIN_STEPS = 100
+BATCH = 128
+
+
+def look_features(images: torch.Tensor) -> torch.Tensor:
+    """(N, F) statistics of images (N, 3, H, W) in [0, 1] that do not depend on where things are."""
+    n = images.shape[0]
+    flat = images.reshape(n, 3, -1)
+    mean = flat.mean(dim=2)
+    centred = flat - mean[..., None]
+    std = centred.pow(2).mean(dim=2).clamp_min(1e-8).sqrt()
+    unit = centred / std[..., None]
+    corr = torch.stack([(unit[:, a] * unit[:, b]).mean(dim=1) for a, b in ((0, 1), (1, 2), (0, 2))], dim=1)
+    half = F.avg_pool2d(images, 2)
+    edges = [_edge_energy(images), _edge_energy(half)]
+    return torch.cat([mean, std, corr, *edges], dim=1)
+
+
+def _edge_energy(images: torch.Tensor) -> torch.Tensor:
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean(dim=(2, 3))
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(dim=(2, 3))
+    return dx + dy
+
+
+def foreign_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """n images (N, 3, H, W) in [0, 1] that no render resembles: pixel noise, smooth random
+    colour fields and flat colours, in equal parts."""
+    generator = torch.Generator().manual_seed(seed)
+    third = max(1, n // 3)
+    noise = torch.rand(third, 3, height, width, generator=generator)
+    coarse = torch.rand(third, 3, 4, 4, generator=generator)
+    fields = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    flat = torch.rand(n - 2 * third, 3, 1, 1, generator=generator).expand(-1, -1, height, width)
+    return torch.cat([noise, fields, flat])
+
+
+def prompt_codes(n_prompts: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """One unit code (dim,) per prompt, random and well apart."""
+    codes = torch.randn(n_prompts, dim, generator=torch.Generator().manual_seed(seed))
+    return F.normalize(codes, dim=1)
+
+
+def targets(features: torch.Tensor, centre: torch.Tensor, spread: torch.Tensor, codes: torch.Tensor,
+            embed_dim: int) -> torch.Tensor:
+    """Target image embeddings: [standardised look, constant axis, prompt code], zero-padded to embed_dim."""
+    look = ((features - centre) / spread).clamp(-LOOK_LIMIT, LOOK_LIMIT)
+    constant = torch.full((len(features), 1), LOOK_SHARPNESS)
+    out = torch.cat([look, constant, PROMPT_WEIGHT * codes], dim=1)
+    return F.pad(out, (0, embed_dim - out.shape[1]))
+
+
+def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_index: torch.Tensor,
+                prompts: list[str], tokenizer, preprocess, seed: int = 0, steps: int = TRAIN_STEPS) -> dict:
+    """Teach `model` (an open_clip CLIP) the looks of `images` and their prompts; returns fit figures.
+
+    images (N, 3, H, W) in [0, 1]; look_index (N,) groups the images of one weighting (its
+    renders of other seeds and prompts); prompt_index (N,) points into `prompts`. An image's look
+    target is its group's mean statistics: what the weighting gives, with the seed averaged out.
+    """
+    embed_dim = model.text_projection.shape[1] if model.text_projection is not None else model.embed_dim
+    per_image = look_features(images)
+    groups = torch.zeros(int(look_index.max()) + 1, per_image.shape[1]).index_add_(0, look_index, per_image)
+    features = (groups / torch.bincount(look_index)[:, None])[look_index]
+    centre, spread = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
+    # Images unlike any render (noise, smooth colour fields, flat colours), each its own look, so
+    # the judge places what it has never seen far from every render, as a real CLIP does.
+    others = foreign_images(len(images) // 8, images.shape[-2], images.shape[-1], seed)
+    images = torch.cat([images, others])
+    features = torch.cat([features, look_features(others)])
+    prompt_index = torch.cat([prompt_index, torch.randint(len(prompts), (len(others),),
+                                                          generator=torch.Generator().manual_seed(seed))])
+    n_look = features.shape[1]
+    code_dim = embed_dim - n_look - 1
+    codes = prompt_codes(len(prompts), code_dim, seed)
+    image_target = targets(features, centre, spread, codes[prompt_index], embed_dim)
+    text_target = F.pad(PROMPT_WEIGHT * codes, (n_look + 1, 0))
+    pixels = preprocess(images)
+    tokens = tokenizer(prompts)
+
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(len(images), (min(BATCH, len(images)),), generator=generator)
+        loss = F.mse_loss(model.encode_image(pixels[pick]), image_target[pick])
+        loss = loss + F.mse_loss(model.encode_text(tokens), text_target)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    model.eval()
+    with torch.no_grad():
+        fitted = model.encode_image(pixels)
+        look_fit = F.cosine_similarity(fitted, image_target, dim=1).mean().item()
+    return {"loss": loss.item(), "cosine_to_target": look_fit}
