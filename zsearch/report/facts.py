@@ -242,8 +242,8 @@ def _timing(facts: StudyFacts) -> None:
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in facts.complete
                  if t.datetime_start and t.datetime_complete]
     facts.trial_seconds = statistics.fmean(durations) if durations else None
-    facts.workers = len({t.system_attrs.get("zsearch.worker") for t in facts.trials
-                         if t.system_attrs.get("zsearch.worker")})
+    facts.workers = len({w for t in facts.trials  # user attr now; system attr in older studies
+                         if (w := t.user_attrs.get("zsearch.worker") or t.system_attrs.get("zsearch.worker"))})
     reasons: dict[str, int] = {}
     for t in facts.trials:
         if t.state == TrialState.FAIL:

@@ -7,7 +7,6 @@ corrupting them.
 
 from __future__ import annotations
 
-import fcntl
 import io
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Optional
 
 import optuna
 import yaml
+from filelock import FileLock
 from PIL import Image
 from optuna.trial import FrozenTrial, TrialState
 
@@ -51,12 +51,8 @@ def trial_score(trial: FrozenTrial) -> float:
 @contextmanager
 def _locked(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".best.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(folder / ".best.lock")):  # an OS lock on Windows, macOS and Linux alike
+        yield
 
 
 def _written(path: Path) -> Optional[tuple[int, dict]]:

@@ -13,7 +13,7 @@ from ..grid import job_grid, save_png
 from .best import GRID_ATTR
 from .evaluate import Evaluation, Evaluator, TrialFailed
 from .space import SearchSpace
-from .study import WORKER_ATTR, worker_id
+from .workers import WORKER_ATTR, WORKER_ID
 
 
 class Objective:
@@ -21,7 +21,7 @@ class Objective:
         self.config, self.space, self.evaluator, self.store, self.study = config, space, evaluator, store, study
 
     def __call__(self, trial: optuna.Trial):
-        self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
+        trial.set_user_attr(WORKER_ATTR, WORKER_ID)  # first: a dead worker's trial is told apart by it
         recipe = self.space.suggest(trial)
 
         # Optuna prunes single-objective studies only; and the baseline, screening and start
