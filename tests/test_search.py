@@ -62,6 +62,8 @@ def test_run_writes_every_output_and_best_matches_the_study(tmp_path, demo_asset
             assert len(trial.user_attrs["per_prompt"]) == 3
             assert set(trial.user_attrs["seconds"]) == {"set", "render", "score"}
             assert (out / "artifacts" / trial.user_attrs["grid_artifact"]).is_file()
+    for trial in (baseline, study.best_trial):  # full size kept for the baseline and the best
+        assert (out / "artifacts" / trial.user_attrs["grid_full_artifact"]).is_file()
     from PIL import Image
     grid = Image.open(out / "best.png")
     assert grid.height > 2 * (2 * demo_assets.height)  # baseline rows above best rows, 2 seeds each

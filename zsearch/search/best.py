@@ -29,7 +29,8 @@ from .space import SearchSpace
 from .study import baseline_trial
 from .trust import validated_best
 
-GRID_ATTR = "grid_artifact"
+GRID_ATTR = "grid_artifact"  # every trial: a thumbnail grid (JPEG)
+FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, top trials: full size (PNG)
 
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
@@ -111,14 +112,17 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
 
 
 def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
-    artifact = trial.user_attrs.get(GRID_ATTR) if trial else None
-    if not artifact:
-        return None
-    try:
-        with store.open_reader(artifact) as reader:
-            return Image.open(io.BytesIO(reader.read())).convert("RGB")
-    except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
-        return None
+    """A trial's full-size grid, else its thumbnail (full size is kept for the top trials only)."""
+    attrs = trial.user_attrs if trial else {}
+    for artifact in (attrs.get(FULL_GRID_ATTR), attrs.get(GRID_ATTR)):
+        if not artifact:
+            continue
+        try:
+            with store.open_reader(artifact) as reader:
+                return Image.open(io.BytesIO(reader.read())).convert("RGB")
+        except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
+            continue
+    return None
 
 
 def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
