@@ -149,3 +149,11 @@ def test_a_full_disk_during_merge_keeps_the_old_output_and_says_so(tmp_path, dem
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no space left" in err, err
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.safetensors"]  # no temporary file left
+
+
+def test_merge_into_a_path_under_a_file_is_one_line(tmp_path, demo_assets):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    result = zsearch("merge", *demo_assets.loras, "--ratio", "1", "-o", blocker / "m.safetensors")
+    one_line(result, "a-file", "a file stands where a folder is needed")
+    assert blocker.read_text() == "mine"

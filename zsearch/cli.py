@@ -34,7 +34,7 @@ OS_HINTS = {code: hint for code, hint in {
     getattr(errno, "EDQUOT", None): "disk quota exceeded; free some space and run the same command again",
     errno.ENOTDIR: "a file stands where a folder is needed; choose another path",
     errno.EISDIR: "a folder stands where a file is needed; choose another path",
-    errno.EEXIST: "a file already stands there; choose another path",
+    errno.EEXIST: "a file stands where a folder is needed; choose another path",  # mkdir on a file
     errno.ENAMETOOLONG: "the path is too long; choose a shorter one",
 }.items() if code is not None}
 
