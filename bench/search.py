@@ -1,17 +1,25 @@
-"""How many trials the search needs, TPE against random search, and what the study storage costs.
+"""What a search costs to find the known optimum, in rendered images; and what storage costs.
 
-The known-optimum problem (as in tests/test_search.py): references rendered at hidden weights w*
-inside the searched space of 8 parameters (per LoRA: ratio, attn, ffn, adaLN). For each sampler and seed, the number
-of trials until a trial scores >= 0.99 of w*'s score (median over seeds; a run that never gets
-there counts as budget + 1). Then the storage overhead per trial: the same trivial trials
-(with the user attributes a real trial records) on SQLite and on a journal file.
+The known-optimum problem is bench/look.py: three LoRAs with a look, 12 parameters (per LoRA:
+ratio, attn, ffn, adaLN), a judge that reads the look, references rendered at w* from seeds
+disjoint from the search's, 4 prompts × 3 seeds = 12 jobs a trial, render batch 2. zsearch's own
+config, search space, Evaluator, records, sampler, pruner and per-job pruning run unchanged.
 
-    python bench/search.py [--budget 80] [--seeds 5] [--fraction 0.99]
+For each sampler × pruning mode × seed: the number of rendered images until the exported best
+(the best complete, non-partial trial by training score) is within 0.3 × the baseline's
+weight-space distance of w* AND scores ≥ 0.99 of w*'s score on the training jobs. Median over
+seeds; a run that never gets there within the image budget counts as budget + 1 (a lower bound).
+
+    python bench/search.py [--budget 1200] [--seeds 5] [--variants default,random,...]
+
+Variants are SAMPLER[+PRUNING][/STARTUP]: sampler auto|gp|random|tpe|cmaes; pruning off|pruned|partial
+(default: partial, the shipped behaviour); startup sobol|random[N] (GP start-up design, N trials).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import statistics
 import sys
 import tempfile
@@ -21,38 +29,80 @@ from pathlib import Path
 import optuna
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from search_helpers import known_optimum_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import look  # noqa: E402
 
-from zsearch.demo import build_demo  # noqa: E402
-from zsearch.search import session as session_module  # noqa: E402
-from zsearch.search.evaluate import Evaluator  # noqa: E402
-from zsearch.search.space import SearchSpace  # noqa: E402
-from zsearch.search.study import make_sampler  # noqa: E402
+from zsearch.search import pruning, records  # noqa: E402
+from zsearch.search.evaluate import Evaluator, Scorers  # noqa: E402
+from zsearch.search.study import STARTUP, STARTUP_TRIALS, make_pruner, make_sampler  # noqa: E402
 
-def known_optimum(folder: Path):
-    """The tests' known-optimum problem: references rendered at W_STAR (8 parameters)."""
-    assets = build_demo(folder / "demo")
-    return known_optimum_config(folder, assets)
+DISTANCE_FRACTION = 0.3
+SCORE_FRACTION = 0.99
+DEFAULT_VARIANTS = ("auto+partial,auto+off,auto+pruned,gp+partial/random,random+partial,random+off,"
+                    "tpe+partial,tpe+off,cmaes+partial,cmaes+off")
 
 
-def trials_to_reach(config, space, evaluator, sampler_name: str, seed: int, target: float, budget: int):
-    config.search.sampler = sampler_name
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space)))
-    study.enqueue_trial(space.baseline())
-    for number in range(1, budget + 1):
+class Counting:
+    """Counts the images an engine renders."""
+
+    def __init__(self, engine):
+        self.engine, self.images = engine, 0
+        self.prompts, self.device = engine.prompts, engine.device
+
+    def set_recipe(self, recipe):
+        self.engine.set_recipe(recipe)
+
+    def render(self, jobs, **kwargs):
+        self.images += len(jobs)
+        return self.engine.render(jobs, **kwargs)
+
+
+def parse_variant(text: str) -> tuple[str, str, str, int]:
+    """'auto+partial/sobol5' -> ('auto', 'partial', 'sobol', 5)."""
+    sampler, _, rest = text.partition("+")
+    mode, _, startup = rest.partition("/")
+    design = startup.rstrip("0123456789") or STARTUP
+    return sampler, mode or pruning.PARTIAL, design, int(startup[len(design):] or STARTUP_TRIALS)
+
+
+def images_to_target(problem, variant: str, seed: int, budget: int) -> tuple[int, float, float]:
+    """(images until the target, best's distance, best's score / w*'s) for one search."""
+    sampler, mode, startup, startup_trials = parse_variant(variant)
+    config, space = problem.config, problem.space
+    config.search.sampler = sampler
+    config.search.prune = mode != "off"
+    counter = Counting(problem.engine)
+    evaluator = Evaluator(config, counter, Scorers(problem.judge))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space), startup, startup_trials),
+                                pruner=make_pruner(config))
+    study.enqueue_trial(space.baseline(), user_attrs={records.ROLE: records.BASELINE_ROLE})
+    d_target = DISTANCE_FRACTION * problem.baseline_distance
+    s_target = SCORE_FRACTION * problem.star_score
+    best, d_best = None, float("nan")
+    while counter.images < budget:
         trial = study.ask()
-        value = evaluator.evaluate(space.suggest(trial)).value
+        recipe = space.suggest(trial)
+        try:
+            evaluation = pruning.evaluate_trial(trial, evaluator, recipe, prunable=records.ROLE not in trial.user_attrs,
+                                                on_stop=pruning.PRUNED if mode == "pruned" else pruning.PARTIAL)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        value = pruning.stand_in_value(study, evaluation) if evaluation.partial else evaluation.value
+        records.write_evaluation(trial, evaluation, value)
         study.tell(trial, value)
-        if value >= target:
-            return number, study.best_value
-    return budget + 1, study.best_value
+        frozen = study.trials[trial.number]
+        if records.can_be_best(frozen) and (best is None or records.trial_score(frozen) > records.trial_score(best)):
+            best, d_best = frozen, problem.d(frozen.params)
+            if d_best <= d_target and records.trial_score(best) >= s_target:
+                return counter.images, d_best, records.trial_score(best) / problem.star_score
+    return budget + 1, d_best, records.trial_score(best) / problem.star_score
 
 
 def storage_overhead(n: int) -> dict[str, float]:
     """Seconds per trial spent in the storage alone (the objective does nothing)."""
-    attrs = {"per_prompt": [0.1] * 6, "style": 0.5, "prompt": 0.3, "score": 0.6,
-             "seconds": {"set": 0.001, "render": 1.0, "score": 0.01}}
+    attrs = {records.JOBS: [0.1] * 12, records.PER_PROMPT: [0.1] * 4, records.STYLE: 0.5, records.PROMPT: 0.3,
+             records.SCORE: 0.6, records.SECONDS: {"set": 0.001, "render": 1.0, "score": 0.01}}
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         storages = {
@@ -80,52 +130,53 @@ def storage_overhead(n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=100)
+    parser.add_argument("--budget", type=int, default=1200, help="images per search (100 trials of 12 jobs)")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--fraction", type=float, default=0.99)
-    parser.add_argument("--storage-trials", type=int, default=200)
-    parser.add_argument("--samplers", default="gp,random,tpe,cmaes",
-                        help="comma-separated; the first is compared with each other one")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 suits the tiny model)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help="comma-separated SAMPLER[+PRUNING][/STARTUP]; the first is compared with the others")
+    parser.add_argument("--storage-trials", type=int, default=0, help="also time the storages (0: skip)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    import warnings
+    warnings.filterwarnings("ignore")
 
     with tempfile.TemporaryDirectory() as folder:
-        config, w_star = known_optimum(Path(folder))
-        engine = session_module.load_engine(config)
-        evaluator = Evaluator(config, engine, session_module.load_scorers(config, engine.device))
-        space = SearchSpace(config)
-        optimum = evaluator.evaluate(w_star).value
-        baseline = evaluator.evaluate(space.recipe(space.baseline())).value
-        target = args.fraction * optimum
-        print(f"known optimum w*: score {optimum:.4f}; baseline {baseline:.4f}; target {target:.4f} "
-              f"({args.fraction:.0%}); {len(space)} parameters; budget {args.budget} trials")
+        problem = look.build(Path(folder))
+        evaluator = Evaluator(problem.config, problem.engine, Scorers(problem.judge))
+        problem.star_score = evaluator.evaluate(problem.w_star).value
+        baseline = evaluator.evaluate(problem.space.recipe(problem.space.baseline())).value
+        print(f"{datetime.date.today()}: known optimum w* scores {problem.star_score:.4f}, baseline {baseline:.4f} "
+              f"(distance {problem.baseline_distance:.3f}); target: distance <= {DISTANCE_FRACTION} x baseline's "
+              f"and score >= {SCORE_FRACTION} x w*'s; {len(problem.space)} parameters, "
+              f"{len(evaluator.jobs)} jobs a trial, budget {args.budget} images, {args.seeds} seeds")
         medians = {}
-        samplers = args.samplers.split(",")
-        for sampler in samplers:
-            counts = []
+        variants = args.variants.split(",")
+        for variant in variants:
+            counts, started = [], time.perf_counter()
             for seed in range(args.seeds):
-                started = time.perf_counter()
-                n, best = trials_to_reach(config, space, evaluator, sampler, seed, target, args.budget)
+                n, d, ratio = images_to_target(problem, variant, seed, args.budget)
                 counts.append(n)
-                print(f"  {sampler:6s} seed {seed}: {'>' + str(args.budget) if n > args.budget else n:>4} trials "
-                      f"(best {best:.4f} = {best / optimum:.3f} of w*, {time.perf_counter() - started:.0f} s)")
-            medians[sampler] = statistics.median(counts)
-        print(f"median trials to {args.fraction:.0%} of w* ({args.budget + 1} = not reached): "
-              + ", ".join(f"{name} {count}" for name, count in medians.items()))
-        first = samplers[0]
-        for other in samplers[1:]:
+                print(f"  {variant:20s} seed {seed}: {'>' + str(args.budget) if n > args.budget else n:>6} images "
+                      f"(best: distance {d / problem.baseline_distance:.2f} x baseline's, score {ratio:.3f} of w*)",
+                      flush=True)
+            medians[variant] = statistics.median(counts)
+            print(f"{variant:22s} median {medians[variant]:.0f} images ({time.perf_counter() - started:.0f} s)", flush=True)
+        first = variants[0]
+        print(f"median images to target ({args.budget + 1} = not reached): "
+              + ", ".join(f"{name} {count:.0f}" for name, count in medians.items()))
+        for other in variants[1:]:
             ratio = medians[first] / medians[other]
-            print(f"  {first}/{other} = {ratio:.2f} (target <= 0.33: {'met' if ratio <= 1 / 3 else 'NOT MET'}"
-                  f"{', an upper bound: ' + other + ' never got there' if medians[other] > args.budget else ''})")
+            bound = f"; {other} never got there: an upper bound" if medians[other] > args.budget else ""
+            print(f"  {first} / {other} = {ratio:.2f}{bound}")
 
-    overhead = storage_overhead(args.storage_trials)
-    base = overhead["in-memory"]
-    print("storage overhead per trial: " + ", ".join(
-        f"{name} {seconds * 1000:.1f} ms" for name, seconds in overhead.items())
-          + f"; sqlite/journal = {overhead['sqlite'] / overhead['journal']:.2f}, "
-            f"sqlite/in-memory = {overhead['sqlite'] / base:.1f}")
+    if args.storage_trials:
+        overhead = storage_overhead(args.storage_trials)
+        base = overhead["in-memory"]
+        print("storage overhead per trial: " + ", ".join(
+            f"{name} {seconds * 1000:.1f} ms" for name, seconds in overhead.items())
+              + f"; sqlite/journal = {overhead['sqlite'] / overhead['journal']:.2f}, "
+                f"sqlite/in-memory = {overhead['sqlite'] / base:.1f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ Ways, measured in the same process on the same pipeline, the same random recipes
 - naive: diffusers/PEFT: load_lora_weights once, then set_adapters + fuse_lora … unfuse_lora per trial.
   (It gets one scalar weight per LoRA: per-module weights would cost it more, not less.)
 
+--compile compiles the transformer's repeated blocks first (render.compile); each way's first trial
+then carries its compile warm-up, reported apart. --memory fp8|offload holds the transformer's weights
+that way (render.memory; bare and side only: fused and naive need the weights whole). --peak-batches
+1,4 adds one render per batch size per way, for its peak GPU memory. --markdown FILE appends the
+table there. bench/gpu.sh runs all of it at full size on one GPU.
+
 --full builds everything from configs, nothing is downloaded: the transformer (dim 3840, 30 layers +
 2+2 refiners), Flux's VAE shape, random prompt embeddings (the text encoder is not part of a trial),
 2 random rank-32 LoRAs on every module, and an open_clip ViT-L-14 with random weights as scorer.
@@ -35,7 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zsearch.blocks import COMPONENTS, all_modules  # noqa: E402
+from zsearch.engine.compile import compile_blocks  # noqa: E402
 from zsearch.engine.device import default_dtype, pick_device  # noqa: E402
+from zsearch.engine.memory import place_pipeline  # noqa: E402
 from zsearch.engine.render import Job, Renderer  # noqa: E402
 from zsearch.engine.scorer import Scorer  # noqa: E402
 from zsearch.engine.weighting import attach_loras  # noqa: E402
@@ -58,6 +66,10 @@ class Setup:
     device: torch.device
     n_layers: int
     notes: list[str] = field(default_factory=list)
+    dtype: torch.dtype = torch.float32
+    memory: str = "full"
+    compiled: bool = False
+    peak_batches: list[int] = field(default_factory=list)
 
 
 # -- building the models ---------------------------------------------------------------------------
@@ -78,7 +90,7 @@ def tiny_setup(args, device, dtype) -> Setup:
     jobs = [Job(i % len(prompts), prompts[i % len(prompts)], 1 + i // len(prompts)) for i in range(n_images)]
     return Setup(pipe, load_loras(assets.loras), embeds, jobs, scorer, args.steps or assets.steps,
                  args.size or assets.width, args.batch or n_images, device, n_layers=30,
-                 notes=["tiny demo model (dim 32, 30 layers), demo LoRAs rank 4, tiny CLIP"])
+                 notes=["tiny demo model (dim 32, 30 layers), demo LoRAs rank 4, tiny CLIP"], dtype=dtype)
 
 
 def full_setup(args, device, dtype) -> Setup:
@@ -92,7 +104,8 @@ def full_setup(args, device, dtype) -> Setup:
     torch.set_default_dtype(dtype)  # build straight in the target dtype: no fp32 detour of 25 GB
     try:
         with torch.device(device):
-            transformer = ZImageTransformer2DModel(n_layers=args.layers, n_refiner_layers=args.refiner_layers)
+            transformer = ZImageTransformer2DModel(n_layers=args.layers, n_refiner_layers=args.refiner_layers,
+                                                   dim=args.dim, n_heads=args.dim // 128, n_kv_heads=args.dim // 128)
             vae = AutoencoderKL(  # the shape of Flux's VAE, as Z-Image-Turbo ships it
                 in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
                 layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -115,16 +128,31 @@ def full_setup(args, device, dtype) -> Setup:
               .to(device, dtype) for _ in range(n_images)]
     jobs = [Job(i, f"prompt {i}", 1) for i in range(n_images)]
 
-    clip = open_clip.create_model("ViT-L-14", pretrained=None, device=device).eval()  # random: no download
-    tokenizer = open_clip.get_tokenizer("ViT-L-14")
+    clip = open_clip.create_model(args.clip, pretrained=None, device=device).eval()  # random: no download
+    tokenizer = open_clip.get_tokenizer(args.clip)
     scorer = Scorer.from_model(clip, tokenizer, torch.rand(4, 3, 1024, 1024, generator=generator), device=device)
     blocks = args.layers + 2 * args.refiner_layers
     return Setup(pipe, loras, embeds, jobs, scorer, args.steps or 8, args.size or 1024, args.batch or n_images,
                  device, n_layers=args.layers,
-                 notes=[f"full-size Z-Image architecture: dim 3840, {args.layers} layers + {args.refiner_layers}+"
+                 notes=[f"{'full-size' if args.dim == 3840 else 'NARROW (dim ' + str(args.dim) + ')'} Z-Image "
+                        f"architecture: dim {args.dim}, {args.layers} layers + {args.refiner_layers}+"
                         f"{args.refiner_layers} refiners ({blocks} blocks), random {str(dtype).split('.')[-1]} "
                         f"weights, Flux-shaped VAE; 2 random LoRAs rank {args.rank} on all {len(paths)} modules; "
-                        f"open_clip ViT-L-14 (random weights); built in {time.perf_counter() - started:.0f} s"])
+                        f"open_clip {args.clip} (random weights); built in {time.perf_counter() - started:.0f} s"],
+                 dtype=dtype)
+
+
+def prepare(setup: Setup, args) -> None:
+    """Hold the transformer as --memory says (as the engine does) and compile it if asked."""
+    setup.memory, setup.compiled = args.memory, args.compile
+    setup.peak_batches = [int(b) for b in args.peak_batches.split(",") if b]
+    if args.memory == "offload":
+        setup.pipe.transformer.to("cpu")  # built on the device: offloading starts from CPU memory
+    place_pipeline(setup.pipe, args.memory, setup.device, setup.dtype)
+    if args.compile:
+        compile_blocks(setup.pipe.transformer, backend=args.compile_backend)
+    if setup.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # -- the trials ------------------------------------------------------------------------------------
@@ -154,7 +182,7 @@ class Clock:
 def run_way(setup: Setup, way: str, recipes: list[Recipe], warmup: int) -> dict:
     """Time `len(recipes) - warmup` trials of one way; returns mean seconds per phase and peak memory."""
     clock = Clock(setup.device)
-    renderer = Renderer(setup.pipe, setup.prompt_embeds)
+    renderer = Renderer(setup.pipe, setup.prompt_embeds, device=setup.device)
     prompts = [job.prompt for job in setup.jobs]
     if setup.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(setup.device)
@@ -162,6 +190,7 @@ def run_way(setup: Setup, way: str, recipes: list[Recipe], warmup: int) -> dict:
     apply, release = _way(setup, way)
     attach_seconds = clock() - t
     phases = {"set": [], "render": [], "unset": [], "score": []}
+    first_trial = None
     for index, recipe in enumerate(recipes):
         t0 = clock()
         apply(recipe)
@@ -173,16 +202,27 @@ def run_way(setup: Setup, way: str, recipes: list[Recipe], warmup: int) -> dict:
         t3 = clock()
         setup.scorer.score(images, prompts)
         t4 = clock()
+        if index == 0:
+            first_trial = t4 - t0  # with --compile: the warm-up (this way's graphs compiled) included
         if index >= warmup:
             for name, value in zip(phases, (t1 - t0, t2 - t1, unset_seconds, t4 - t3)):
                 phases[name].append(value)
+    trials_peak = torch.cuda.max_memory_allocated(setup.device) / 2**30 if setup.device.type == "cuda" else None
+    peaks = {}
+    for batch in setup.peak_batches:  # one more render per batch size, for its peak memory alone
+        if setup.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(setup.device)
+        renderer.render(setup.jobs[:1] * batch, steps=setup.steps, width=setup.size, height=setup.size, batch=batch)
+        peaks[batch] = torch.cuda.max_memory_allocated(setup.device) / 2**30 if setup.device.type == "cuda" else None
     release(final=True)
     result = {name: statistics.mean(values) for name, values in phases.items()}
+    result["first_trial"] = first_trial
+    result["image"] = result["render"] / len(setup.jobs)
+    result["peaks_gib"] = peaks
     result["set_weighting"] = result["set"] + result["unset"]  # naive unfuses: part of changing weights
     result["trial"] = result["set_weighting"] + result["render"] + result["score"]
     result["attach"] = attach_seconds
-    result["peak_gib"] = (torch.cuda.max_memory_allocated(setup.device) / 2**30
-                          if setup.device.type == "cuda" else None)
+    result["peak_gib"] = trials_peak
     return result
 
 
@@ -192,7 +232,7 @@ def _way(setup: Setup, way: str):
     if way == "bare":
         return (lambda recipe: None), (lambda final: 0.0)
     if way in ("side", "fused"):
-        weighting = attach_loras(transformer, setup.loras, way)
+        weighting = attach_loras(transformer, setup.loras, way, device=setup.device, dtype=setup.dtype)
 
         def release(final):
             if final:
@@ -231,19 +271,22 @@ def _way(setup: Setup, way: str):
 def report(setup: Setup, results: dict[str, dict], args) -> str:
     n = len(setup.jobs)
     bare = results.get("bare")
-    lines = [f"# bench/trial.py — {time.strftime('%Y-%m-%d')}, device {describe(setup.device)}, torch "
-             f"{torch.__version__}, {torch.get_num_threads()} CPU threads",
+    mode = f"memory {setup.memory}, {'compiled' if setup.compiled else 'eager'}"
+    lines = [f"# bench/trial.py — {time.strftime('%Y-%m-%d %H:%M')}, device {describe(setup.device)}, torch "
+             f"{torch.__version__}, {torch.get_num_threads()} CPU threads — {mode}",
              *[f"# {note}" for note in setup.notes],
              f"# one trial = set weighting + render {n} image(s) at {setup.size}² × {setup.steps} steps "
              f"(batch {setup.batch}) + score; mean of {args.trials} trial(s) after {args.warmup} warm-up",
              "",
-             "| way | set weighting | render | score | s/trial | set share | peak GPU memory |",
-             "|---|---|---|---|---|---|---|"]
+             "| way | mode | set weighting | render | s/image | score | s/trial | set share | first trial | "
+             "peak GPU memory (trial) | " + " | ".join(f"peak at batch {b}" for b in setup.peak_batches) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(setup.peak_batches)]
     for way, r in results.items():
-        peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a (CPU)"
         share = f"{100 * r['set_weighting'] / r['trial']:.2f} %" if way != "bare" else "—"
-        lines.append(f"| {way} | {fmt_time(r['set_weighting'])} | {r['render']:.3f} s | {r['score']:.3f} s | "
-                     f"{r['trial']:.3f} | {share} | {peak} |")
+        peaks = " | ".join(fmt_gib(r["peaks_gib"].get(b)) for b in setup.peak_batches)
+        lines.append(f"| {way} | {mode} | {fmt_time(r['set_weighting'])} | {r['render']:.3f} s | {r['image']:.3f} s | "
+                     f"{r['score']:.3f} s | {r['trial']:.3f} | {share} | {r['first_trial']:.2f} s | "
+                     f"{fmt_gib(r['peak_gib'])} | {peaks}{' |' if peaks else ''}")
     lines.append("")
     naive = results.get("naive")
     for way in ("side", "fused"):
@@ -262,6 +305,10 @@ def report(setup: Setup, results: dict[str, dict], args) -> str:
         per_image = (results["side"]["render"] - bare["render"]) / n
         lines.append(f"- side path per-image cost: {1000 * per_image:+.2f} ms/image "
                      f"({100 * per_image * n / bare['render']:+.1f} % of a bare render)")
+    if setup.compiled:
+        for way, r in results.items():
+            lines.append(f"- {way} compiled: first trial {r['first_trial']:.2f} s vs {r['trial']:.2f} s later: "
+                         f"compile warm-up ≈ {r['first_trial'] - r['trial']:.1f} s")
     if setup.device.type != "cuda":
         lines.append(f"- process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
     return "\n".join(lines)
@@ -272,6 +319,10 @@ def describe(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
     return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def fmt_gib(value: float | None) -> str:
+    return f"{value:.2f} GiB" if value is not None else "n/a (CPU)"
 
 
 def fmt_time(seconds: float) -> str:
@@ -295,6 +346,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--demo-dir", help="tiny: where the demo assets are (built if missing)")
     parser.add_argument("--json", help="also write the raw numbers here")
+    parser.add_argument("--dim", type=int, default=3840, help="--full: width (3840; a multiple of 128)")
+    parser.add_argument("--clip", default="ViT-L-14", help="--full: open_clip architecture of the scorer")
+    parser.add_argument("--compile", action="store_true", help="compile the repeated blocks (render.compile)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (smoke: aot_eager)")
+    parser.add_argument("--memory", default="full", choices=["full", "fp8", "offload"], help="render.memory")
+    parser.add_argument("--peak-batches", default="", help="e.g. 1,4: one render per batch size for its peak")
+    parser.add_argument("--markdown", help="append the table to this Markdown file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -303,13 +361,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         setup = full_setup(args, device, dtype) if args.full else tiny_setup(args, device, dtype)
+        prepare(setup, args)
         recipes = random_recipes(setup, args.trials + args.warmup, seed=0)
         results = {}
         for way in args.ways.split(","):
+            if setup.memory != "full" and way in ("fused", "naive"):
+                print(f"{way}: skipped (needs the weights whole; memory {setup.memory})", file=sys.stderr)
+                continue
             results[way] = run_way(setup, way, recipes, args.warmup)
             print(f"{way}: {json.dumps({k: v for k, v in results[way].items()})}", file=sys.stderr, flush=True)
     text = report(setup, results, args)
     print(text)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as out:
+            out.write(text + "\n\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

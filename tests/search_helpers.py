@@ -77,7 +77,8 @@ def known_optimum_config(tmp_path: Path, assets, **overrides):
     data["references"] = str(refs)
     path.write_text(yaml.safe_dump(data))
     refs.mkdir(exist_ok=True)
-    (refs / "placeholder.png").write_bytes(b"")  # lets the config load before the renders exist
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(refs / "placeholder.png")  # lets the config load before the renders exist
     config = load_config(path)
     check_inputs(config)
     w_star = Recipe([LoraWeights(path=p, **w) for p, w in zip(assets.loras, W_STAR)])

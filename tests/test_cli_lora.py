@@ -166,8 +166,9 @@ def bad_files(tmp_path):
     files = {}
     files["corrupt"] = tmp_path / "corrupt.safetensors"
     files["corrupt"].write_bytes(b"\x00" * 64)
-    files["lokr"] = tmp_path / "lokr.safetensors"
-    save_file({"lycoris_layers_0_attention_to_q.lokr_w1": torch.randn(2, 2)}, str(files["lokr"]))
+    files["lokr"] = tmp_path / "lokr.safetensors"  # a DoRA LoKr: refused, named DoRA
+    save_file({"lycoris_layers_0_attention_to_q.lokr_w1": torch.randn(2, 2),
+               "lycoris_layers_0_attention_to_q.dora_scale": torch.randn(1, 8)}, str(files["lokr"]))
     files["sdxl"] = tmp_path / "sdxl.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(2, 8)}, str(files["sdxl"]))
     files["nan"] = tmp_path / "nan.safetensors"
@@ -200,11 +201,11 @@ def bad_files(tmp_path):
     (["merge", "{a}", "--ratio", "1", "-o", "{a}", "--force"], "is one of the input LoRAs"),
     (["merge", "{dir}/nope.safetensors", "--ratio", "1", "-o", "{out}"], "file not found"),
     (["merge", "{dir}/corrupt.safetensors", "--ratio", "1", "-o", "{out}"], "not a readable .safetensors"),
-    (["merge", "{dir}/lokr.safetensors", "--ratio", "1", "-o", "{out}"], "LoKr"),
-    (["merge", "{dir}/sdxl.safetensors", "--ratio", "1", "-o", "{out}"], "look like Stable Diffusion"),
+    (["merge", "{dir}/lokr.safetensors", "--ratio", "1", "-o", "{out}"], "DoRA"),
+    (["merge", "{dir}/sdxl.safetensors", "--ratio", "1", "-o", "{out}"], "LoRA of SDXL or Stable Diffusion"),
     (["merge", "{dir}/nan.safetensors", "--ratio", "1", "-o", "{out}"], "NaN or Inf"),
     (["merge", "{a}", "{dir}/wide.safetensors", "--ratio", "1", "-o", "{out}"], "cannot be combined"),
-    (["inspect", "{a}", "{dir}/lokr.safetensors"], "LoKr"),
+    (["inspect", "{a}", "{dir}/lokr.safetensors"], "DoRA"),
     (["inspect", "{dir}"], "is a folder"),
 ])
 def test_rejections_exit_2_with_one_line(tmp_path, capsys, two, argv, needle):

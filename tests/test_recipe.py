@@ -125,3 +125,35 @@ def test_file_errors(tmp_path):
 def test_unnamed_weights_default_to_one():
     lw = LoraWeights(path=Path("a"), ratio=1.5)
     assert {lw.scale(m) for m in all_modules()} == {1.5}
+
+
+def test_other_weighs_only_the_modules_outside_the_blocks():
+    from pathlib import Path
+    from zsearch.recipe import LoraWeights
+    weights = LoraWeights(Path("a.safetensors"), ratio=0.8, components={"other": 0.5, "attn": 2.0},
+                          layers={"0-9": 3.0, "noise_refiner": 4.0})
+    scales = weights.module_scales(["t_embedder.mlp.0", "all_final_layer.2-1.linear", "layers.0.attention.to_q",
+                                    "layers.0.feed_forward.w1"])
+    assert scales == {"t_embedder.mlp.0": pytest.approx(0.4), "all_final_layer.2-1.linear": pytest.approx(0.4),
+                      "layers.0.attention.to_q": pytest.approx(0.8 * 2.0 * 3.0),
+                      "layers.0.feed_forward.w1": pytest.approx(0.8 * 3.0)}
+    assert LoraWeights(Path("a"), ratio=0.8).module_scales(["cap_embedder.1"]) == {"cap_embedder.1": 0.8}
+
+
+def test_other_is_searched_only_when_tied():
+    from pathlib import Path
+    from types import SimpleNamespace
+    from zsearch.config import LoraSearch
+    from zsearch.search.space import SearchSpace
+
+    def space(tie):
+        lora = SimpleNamespace(path=Path("style.safetensors"), ratio=1.0,
+                               search=LoraSearch(components=(0.0, 2.0), layers="none", tie=tie))
+        return SearchSpace(SimpleNamespace(loras=[lora], search=SimpleNamespace(bands=3)))
+
+    assert "style.other" not in space([]).describe()
+    tied = space(["other", "attn"])
+    assert tied.describe()["style.other"] == [0.0, 2.0]
+    recipe = tied.recipe({"style.other": 1.7})
+    assert recipe.loras[0].module_scales(["cap_embedder.1"]) == {"cap_embedder.1": pytest.approx(1.7)}
+    assert tied.params_of(recipe)["style.other"] == pytest.approx(1.7)

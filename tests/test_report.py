@@ -316,3 +316,40 @@ def test_report_from_a_finished_demo_study(tmp_path, demo_assets):
     validation = study.user_attrs["validation"]
     assert _number_after(text, "validation score (baseline)") == pytest.approx(validation["baseline"], abs=5e-5)
     assert f"best.yaml and best.safetensors in {config.out_dir} hold trial {best_trial}." in text
+
+
+def test_the_summary_states_the_paired_gain_its_interval_and_a_verdict(tmp_path):
+    """Per-job records (as the search writes them): the report pairs the held-out jobs."""
+    import torch
+
+    from zsearch.search import records, stats
+    from zsearch.search.evaluate import Evaluation
+
+    config, _ = _config(tmp_path, name="paired")
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=config.name, direction="maximize",
+                                storage=f"sqlite:///{(config.out_dir / 'study.db').resolve()}")
+
+    def add(jobs, role=None):
+        if role:
+            study.enqueue_trial(BASELINE, user_attrs={records.ROLE: role})
+        trial = study.ask({n: optuna.distributions.FloatDistribution(*b) for n, b in SPACE.items()})
+        e = Evaluation(style=jobs[:2], prompt=[0.0, 0.0], combined=jobs[:2], identity=None,
+                       images=torch.zeros(len(jobs), 3, 2, 2), jobs=jobs)
+        records.write_evaluation(trial, e)
+        study.tell(trial, e.value)
+        return study.trials[-1]
+
+    base = add([0.50, 0.40, 0.60, 0.45], records.BASELINE_ROLE)
+    best = add([0.52, 0.47, 0.61, 0.50])
+    held_base, held_best = [0.41, 0.55, 0.38, 0.60, 0.47, 0.52], [0.44, 0.58, 0.40, 0.66, 0.49, 0.57]
+    records.write_validation(study, records.Validation(rows=[
+        records.ValidationRow(base.number, records.trial_score(base), sum(held_base) / 6, True, held_base),
+        records.ValidationRow(best.number, records.trial_score(best), sum(held_best) / 6, False, held_best)],
+        chosen=best.number, seeds=[9, 10], prompts=2))
+    text = write_report(config, study).read_text()
+    c = stats.compare(held_best, held_base)
+    assert c.verdict == stats.CONCLUSIVE  # better on all 6 held-out jobs
+    assert (f"Paired job by job with the baseline over 6 held-out jobs (prompt × seed), the gain is {c.gain:+.4f} "
+            f"(95 % interval {c.low:+.4f} to {c.high:+.4f}; signed-rank p = {c.p:.3g}): conclusive") in text
+    assert "| verdict | conclusive (on validation jobs) |" in text

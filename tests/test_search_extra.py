@@ -34,8 +34,8 @@ def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_p
     real_load = session_module.load_engine
     calls = {"n": 0}
 
-    def faulty_engine(cfg):
-        engine = real_load(cfg)
+    def faulty_engine(cfg, *args, **kwargs):
+        engine = real_load(cfg, *args, **kwargs)
         render = engine.render
 
         def render_with_faults(jobs, **kwargs):
@@ -114,3 +114,40 @@ def test_dashboard_serves_the_study(tmp_path, demo_assets):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_trial_the_pruner_stops_completes_as_partial_and_is_never_picked_or_validated(tmp_path, demo_assets):
+    """A planted best scoring 10 on every job: the next search trials are worse on every job, so
+    WilcoxonPruner stops them after 4 of 6 jobs (p = 1/16 < 0.1; after 2 jobs p = 1/4)."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from zsearch.search import records
+    from zsearch.search.space import SearchSpace
+    from zsearch.search.study import open_study
+
+    config = loaded(demo_config(tmp_path, demo_assets, render={"batch": 2}, search={"trials": 4, "prune": True},
+                                validation={"top_k": 3}))
+    space = SearchSpace(config)
+    study = open_study(config, space)
+    jobs = len(config.prompt_list) * len(config.seeds)
+    assert jobs == 6
+    dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
+    study.add_trial(create_trial(params=space.baseline(), value=10.0, distributions=dists,
+                                 intermediate_values={i: 10.0 for i in range(jobs)},
+                                 user_attrs={records.SCORE: 10.0, records.JOBS: [10.0] * jobs}))
+    run_module.run(config, show_progress=False)
+    study = optuna.load_study(study_name=config.name, storage=config.storage_url)
+    searched = [t for t in study.trials if records.ROLE not in t.user_attrs and t.value != 10.0]
+    assert len(searched) == 2
+    for trial in searched:
+        assert trial.state == TrialState.COMPLETE and records.is_partial(trial)
+        ran = [v for v in records.job_scores(trial) if v == v]
+        assert len(ran) == 4 and sorted(trial.intermediate_values) == sorted(
+            i for i, v in enumerate(records.job_scores(trial)) if v == v)
+        # The stand-in: the planted best's 10 plus the paired mean difference = the mean of the jobs run.
+        assert trial.value == pytest.approx(sum(ran) / 4, abs=1e-9)
+    validated = {row["trial"] for row in study.user_attrs["validation"]["rows"]}
+    assert not validated & {t.number for t in searched}
+    info = yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]
+    assert info["trial"] not in {t.number for t in searched}

@@ -38,7 +38,7 @@ def _run_trial(objective, study, score: float, side: int, role: str | None = Non
     if role:
         trial.set_user_attr("role", role)
     images = renders(8, side, seed=int(score * 1000))  # 4 prompts x 2 seeds
-    objective._upload_grid(trial, Evaluation([score], [score], [score], None, images))
+    objective._upload_grid(trial, Evaluation([score], [score], [score], None, images), score)
     trial.set_user_attr("score", score)
     study.tell(trial, score)
     return study.trials[-1]

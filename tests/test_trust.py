@@ -148,3 +148,62 @@ def test_identity_set_scored_by_dinov2_beside_clip(tmp_path, demo_assets):
         a = t.user_attrs
         assert -1.0 <= a["identity"] <= 1.0
         assert t.value == pytest.approx(1.0 * a["style"] + 0.3 * a["prompt"] + 0.5 * a["identity"], abs=1e-6)
+
+
+def _paired_screen_study(config, space, base_jobs, ends: dict):
+    """Baseline and screening trials with per-job scores; `ends[name] = (low_jobs, high_jobs)`."""
+    from zsearch.search import records
+    study = optuna.create_study(direction="maximize")
+    dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
+
+    def add(params, jobs, role):
+        value = sum(jobs) / len(jobs)
+        study.add_trial(create_trial(params=params, value=value, distributions=dists,
+                                     user_attrs={records.ROLE: role, records.SCORE: value, records.JOBS: jobs}))
+
+    add(space.baseline(), base_jobs, records.BASELINE_ROLE)
+    for role, params in screening_values(space):
+        name, end = records.parse_screening_role(role)
+        add(params, ends[name][0 if end == "low" else 1], role)
+    # A seed-set spread far larger than any effect: the unpaired rule would freeze everything.
+    study.set_user_attr(records.NOISE, {"mean": 0.5, "std": 0.2, "scores": [0.3, 0.7]})
+    return study
+
+
+def test_screening_is_judged_paired_per_job(tmp_path, demo_assets):
+    """A small effect on every job keeps its parameter; a larger but inconsistent one does not."""
+    config = config_for(tmp_path, demo_assets)
+    space = SearchSpace(config)
+    names = [p.name for p in space.params]
+    base = [0.2, 0.9, 0.4, 0.7, 0.3, 0.8]  # jobs differ a lot (seed layouts)
+    consistent = [b + 0.01 for b in base]  # +0.01 on every job
+    inconsistent = [b + d for b, d in zip(base, [0.05, -0.06, 0.04, -0.05, 0.06, -0.04])]
+    study = _paired_screen_study(config, space, base, {
+        names[0]: (base, consistent), names[1]: (inconsistent, base), names[2]: (base, base)})
+    result = analyse_screening(study, space)
+    assert not result[names[0]]["frozen"] and result[names[0]]["effect"] == pytest.approx(0.01)
+    assert result[names[0]]["p"] == pytest.approx(2 / 64)  # two-sided exact signed-rank, 6 of 6 up
+    assert result[names[1]]["frozen"] and result[names[1]]["effect"] == pytest.approx(0.0, abs=1e-9)
+    assert result[names[2]]["frozen"]
+
+
+def test_shuffled_job_order_scores_the_same_jobs_and_stop_leaves_the_rest_unrun(tmp_path, demo_assets,
+                                                                                 engine_and_scorer):
+    config = config_for(tmp_path, demo_assets, render={"batch": 2})
+    engine, scorers = engine_and_scorer
+    evaluator = Evaluator(config, engine, scorers)
+    recipe = SearchSpace(config).recipe(SearchSpace(config).baseline())
+    plain = evaluator.evaluate(recipe)
+    reported = []
+    shuffled = evaluator.evaluate(recipe, report=lambda step, score: reported.append((step, score)), order_seed=7)
+    assert [step for step, _ in reported] == evaluator.order(7) != list(range(len(evaluator.jobs)))
+    assert shuffled.jobs == pytest.approx(plain.jobs, abs=1e-5)  # the same job, wherever it is rendered
+    assert dict(reported) == pytest.approx(dict(enumerate(plain.jobs)), abs=1e-5)
+    assert plain.value == pytest.approx(statistics.fmean(plain.combined), abs=1e-9)
+    stopped = evaluator.evaluate(recipe, stop=lambda: True, order_seed=7)
+    ran = evaluator.order(7)[:2]  # the first render batch
+    assert stopped.partial and stopped.jobs_run == 2
+    assert [i for i, v in enumerate(stopped.jobs) if v == v] == sorted(ran)
+    assert stopped.value == pytest.approx(statistics.fmean(plain.jobs[i] for i in ran), abs=1e-5)
+    assert stopped.images.shape == plain.images.shape
+    assert float(stopped.images[[i for i in range(len(stopped.jobs)) if i not in ran]].abs().sum()) == 0.0

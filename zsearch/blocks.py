@@ -22,11 +22,26 @@ COMPONENTS: dict[str, str] = {
 }
 COMPONENT_OF_SUFFIX = {suffix: name for name, suffix in COMPONENTS.items()}
 
-# Group aliases a recipe may use; a specific component name overrides its group.
+# The Linears outside the 34 blocks that trainers also adapt (AI-Toolkit `transformer_only: false`,
+# OneTrainer's default preset, ComfyUI's extract node), as diffusers names them, with the names
+# ComfyUI's own checkpoint uses. Their weight is the LoRA's ratio x the one component `other`.
+OTHER = "other"
+OTHER_MODULES: dict[str, tuple[str, ...]] = {
+    "t_embedder.mlp.0": (),  # 256 -> 1024
+    "t_embedder.mlp.2": (),  # 1024 -> min(D, 256)
+    "cap_embedder.1": (),  # caption features (2560) -> D
+    "all_x_embedder.2-1": ("x_embedder",),  # patches (64) -> D
+    "all_final_layer.2-1.linear": ("final_layer.linear",),  # D -> patches (64)
+    "all_final_layer.2-1.adaLN_modulation.1": ("final_layer.adaLN_modulation.1",),  # min(D, 256) -> D
+}
+
+# Group aliases a recipe may use; a specific component name overrides its group. `other` is a
+# group of its own: fixed at 1 unless a recipe names it, searched as one weight with `tie: [other]`.
 GROUPS: dict[str, tuple[str, ...]] = {
     "attn": ("to_q", "to_k", "to_v", "to_out"),
     "qk": ("to_q", "to_k"),
     "ffn": ("w1", "w2", "w3"),
+    OTHER: (OTHER,),
 }
 
 N_LAYERS = 30  # Z-Image-Turbo's main single-stream blocks
@@ -41,17 +56,23 @@ _MODULE_RE = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$"
 class Module:
     """One LoRA-targetable Linear: which block, which index, which component."""
 
-    block: str  # "layers", "noise_refiner" or "context_refiner"
+    block: str  # "layers", "noise_refiner", "context_refiner", or "other" (outside the blocks)
     index: int
-    component: str  # a key of COMPONENTS
+    component: str  # a key of COMPONENTS, or "other"
+    name: str = ""  # the module path of an `other` module (e.g. "t_embedder.mlp.0")
 
     @property
     def path(self) -> str:
+        if self.block == OTHER:
+            return self.name
         return f"{self.block}.{self.index}.{COMPONENTS[self.component]}"
 
 
 def parse_module(path: str) -> Module | None:
-    """`layers.3.attention.to_q` -> Module("layers", 3, "to_q"); None if not a Z-Image module."""
+    """`layers.3.attention.to_q` -> Module("layers", 3, "to_q"); `t_embedder.mlp.0` -> an `other`
+    Module; None if not a Z-Image module."""
+    if path in OTHER_MODULES:
+        return Module(OTHER, 0, OTHER, path)
     match = _MODULE_RE.match(path)
     if not match:
         return None
@@ -92,3 +113,12 @@ def expected_shape(component: str, dim: int) -> tuple[int, int]:
         "w3": (hidden, dim),
         "w2": (dim, hidden),
     }[component]
+
+
+def other_width_side(path: str, out_features: int, in_features: int) -> int | None:
+    """The width D an `other` module's shape implies (the side that is D), None if neither is."""
+    if path in ("cap_embedder.1", "all_x_embedder.2-1", "all_final_layer.2-1.adaLN_modulation.1"):
+        return out_features
+    if path == "all_final_layer.2-1.linear":
+        return in_features
+    return None  # t_embedder: 256 -> 1024 -> min(D, 256), says nothing about D above 256

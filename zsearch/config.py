@@ -75,6 +75,8 @@ class Render(_Strict):
     batch: int = Field(4, ge=1)
     guidance: float = 0.0
     way: Literal["auto", "side", "fused"] = "auto"  # how a weighting is applied (see engine)
+    compile: Union[Literal["auto"], bool] = "auto"  # regional torch.compile (engine/compile.py)
+    memory: Literal["auto", "full", "fp8", "offload"] = "auto"  # how the weights are held (engine/memory.py)
 
     @field_validator("width", "height")
     @classmethod

@@ -71,7 +71,7 @@ def fingerprint(config: "Config", hashes: Optional[FileHashes] = None) -> dict[s
         "references": sorted(hashes.of(p) for p in image_files(config.references)),
         "prompts": config.prompt_list,
         "seeds": config.seeds,
-        "render": config.render.model_dump(exclude={"batch", "way"}),
+        "render": config.render.model_dump(exclude={"batch", "way", "compile", "memory"}),  # speed, not scores
         "scorer": _scorer_identity(config, hashes),
         "identity": None if config.identity is None else {
             "model": model_identity(config.identity.model, hashes), "weight": config.identity.weight,

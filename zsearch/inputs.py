@@ -65,7 +65,10 @@ def check_inputs(config: Config) -> None:
         if not lora.path.is_file():
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
         _check_readable(lora.path, f"{config.source}: loras[{i}].path")
-    _check_references(config.references, f"{config.source}: references")
+    if not config.references.is_dir():
+        raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
+    if not image_files(config.references):
+        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references}")
     for path in config.start:
         if not path.is_file():
             raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
@@ -85,6 +88,7 @@ def check_setup(config: Config) -> None:
             check_local_folder(config.model)
         except UserError as exc:
             raise UserError(f"{config.source}: model: {exc}") from None
+    _check_references(config.references, f"{config.source}: references")
     if config.identity is not None:
         _check_references(config.identity.references, f"{config.source}: identity.references")
     _check_scorer_name(config)

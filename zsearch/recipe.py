@@ -10,7 +10,7 @@ merge reads it, the search writes it, `zsearch merge --recipe` replays it.
         layers: {"0-9": 0.6, "10-19": 1.0, "20-29": 1.3, noise_refiner: 1.0}
 
 Scale of module m of LoRA i = ratio_i x component weight x layer weight; anything not
-named weighs 1.0.
+named weighs 1.0. Modules outside the blocks (embedders, final layer) weigh ratio_i x `other`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import yaml
 
 from .atomic import write_text_atomic
-from .blocks import COMPONENTS, GROUPS, N_LAYERS, REFINERS, Module, parse_module
+from .blocks import COMPONENTS, GROUPS, N_LAYERS, OTHER, REFINERS, Module, parse_module
 from .errors import UserError
 from .yamlfile import read_yaml
 
@@ -50,6 +50,8 @@ class LoraWeights:
         return self.components.get(component, weight)
 
     def layer_weight(self, module: Module) -> float:
+        if module.block == OTHER:
+            return 1.0  # outside the blocks: only the `other` component weighs it
         if module.block in REFINERS:
             return self.layers.get(module.block, 1.0)
         for key, weight in self.layers.items():

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..blocks import COMPONENTS, GROUPS
+from ..blocks import COMPONENTS, GROUPS, OTHER
 from ..errors import UserError
 from ..recipe import Recipe, load_recipe, parse_recipe
 
@@ -34,12 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="required with LoRA files: once per LoRA, or once for all")
     weights = p.add_argument_group("block weights (multiply every LoRA's ratio; default 1.0)")
     for name in WEIGHT_FLAGS:
-        group_of = f" (group: {', '.join(GROUPS[name])})" if name in GROUPS else ""
+        group_of = f" (group: {', '.join(GROUPS[name])})" if name in GROUPS and name != OTHER else ""
+        if name == OTHER:
+            group_of = " (the modules outside the blocks: t_embedder, cap_embedder, x_embedder, final_layer)"
         weights.add_argument(f"--{name}", type=float, dest=f"weight_{name}", metavar="X",
                              help=f"weight of {name}{group_of}")
     weights.add_argument("--layers", metavar="SPEC",
                          help='layer weights, e.g. "0-9=0.5,10-29=1.2,noise_refiner=1.0"')
     p.add_argument("--rank", type=int, metavar="N", help="re-compress each module to rank N (reports the error)")
+    p.add_argument("--as-lora", action="store_true",
+                   help="write LoKr/LoHa modules as LoRA too (randomized SVD at --rank, default 64, error "
+                        "reported): diffusers loads LoRA keys only; by default a lone LoKr/LoHa keeps its kind")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="output dtype (default: the inputs')")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .safetensors file")
     p.add_argument("--force", action="store_true", help="replace an existing output (never an input)")
@@ -76,16 +81,20 @@ def cmd_merge(args) -> int:
 
     def metadata(report) -> dict[str, str]:
         merge_info = {"rank": args.rank, "dtype": str(report.dtype).removeprefix("torch.")}
-        if args.rank is not None:
+        if args.rank is not None or report.errors:  # an SVD was made (--rank, or LoKr/LoHa written as LoRA)
             merge_info["relative_error"] = report.relative_error
+        if report.mixed:  # LoKr/LoHa deltas written as LoRA: each module's own error
+            merge_info["module_errors"] = {path: report.errors[path] for path in report.mixed}
         return {**provenance, "zsearch.merge": json.dumps(merge_info)}
 
     # streamed: each module is written as it is merged, so the output is never whole in memory
     report = merge_to_file(loras, scales, args.output, metadata, rank=args.rank, dtype=dtype,
-                           force=args.force, inputs=inputs)
+                           force=args.force, inputs=inputs, as_lora=args.as_lora)
     out = Path(args.output)
     size_mb = out.stat().st_size / 2 ** 20
     print(f"wrote {out} ({size_mb:.1f} MiB): {len(recipe.loras)} LoRA(s), {report.summary()}")
+    for path in report.mixed:
+        print(f"  {path}: LoKr/LoHa delta as a rank-{report.ranks[path]} LoRA, relative error {report.errors[path]:.3g}")
     return 0
 
 

@@ -68,7 +68,9 @@ def _summary(config, trial) -> str:
     if scores.get("validation") is not None:
         parts.append(f"held-out {scores['validation']:.5f} (baseline {scores.get('baseline_validation', float('nan')):.5f})")
     out = config.out_dir
-    return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n"
+    from ..search.progress import gain_line
+    verdict = gain_line(scores)
+    return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n" + (f"  {verdict}\n" if verdict else "") +
             f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}")
 
 

@@ -18,7 +18,9 @@ import torch
 
 from ..lora.model import Lora
 from ..recipe import Recipe
+from .compile import compile_blocks, decide_compile
 from .device import default_dtype, pick_device
+from .memory import place_pipeline, resolve_memory, way_for
 from .pipeline import load_pipeline
 from .prompts import encode_prompts
 from .render import Job, Renderer, save_pngs
@@ -31,7 +33,12 @@ class Engine:
     """A pipeline without its text encoder, the prompts' embeddings, and the LoRAs attached."""
 
     def __init__(self, model: str, loras: list[Lora], prompts: list[str], device: str | torch.device | None = None,
-                 way: str = "auto", cache_dir: Path = Path(".zsearch-cache"), dtype: torch.dtype | None = None):
+                 way: str = "auto", cache_dir: Path = Path(".zsearch-cache"), dtype: torch.dtype | None = None,
+                 memory: str = "auto", compile: str | bool = "auto", planned_images: int = 0,
+                 render_size: tuple[int, int, int] = (8, 1024, 1024)):
+        """`memory`, `compile`: render.memory / render.compile (see engine/memory.py, engine/compile.py);
+        `planned_images` and `render_size` (steps, width, height) tell `compile: auto` what the
+        warm-up would be spread over. `placement` says, in one line, what was picked and why."""
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.prompts = list(prompts)
@@ -41,9 +48,20 @@ class Engine:
         # transformer arrives, so the two never share the GPU.
         embeds = encode_prompts(model, [*self.prompts, ""], Path(cache_dir), self.device, self.dtype)
         encoded = time.perf_counter()
-        self.pipe = load_pipeline(model, self.device, self.dtype, with_text_encoder=False)
-        self.weighting: Weighting = attach_loras(self.pipe.transformer, loras, way)
-        self.renderer = Renderer(self.pipe, embeds[:-1], negative_embeds=embeds[-1])
+        self.pipe = load_pipeline(model, self.device, self.dtype, with_text_encoder=False, place=False)
+        self.memory, memory_why = resolve_memory(memory, self.device, self.pipe.transformer, self.dtype)
+        # decided before placing: a refused combination costs no GPU time
+        way = way_for(way, self.memory, needs_fused=any(not lora.plain for lora in loras))
+        steps, width, height = render_size
+        self.compiled, compile_why = decide_compile(compile, self.device.type, planned_images, steps, width,
+                                                    height, self.memory)
+        place_pipeline(self.pipe, self.memory, self.device, self.dtype)
+        self.weighting: Weighting = attach_loras(self.pipe.transformer, loras, way, device=self.device,
+                                                 dtype=self.dtype)
+        if self.compiled:
+            compile_blocks(self.pipe.transformer)  # lazily: the first render compiles
+        self.placement = f"{memory_why}; weighting {self.weighting.name}; {compile_why}"
+        self.renderer = Renderer(self.pipe, embeds[:-1], negative_embeds=embeds[-1], device=self.device)
         self.load_timings = {"encode_prompts": encoded - started, "load": time.perf_counter() - encoded}
 
     @property

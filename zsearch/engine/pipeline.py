@@ -43,8 +43,11 @@ def check_local_folder(model: str) -> Path:
     return folder
 
 
-def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, with_text_encoder: bool = False):
+def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, with_text_encoder: bool = False,
+                  place: bool = True):
     """A ZImagePipeline on `device` in `dtype`; without its text encoder unless asked for.
+
+    `place=False` leaves it on the CPU, for the caller to place (engine/memory.py: fp8, offload).
 
     `model` is a hub id (downloaded into / read from the Hugging Face cache by diffusers) or a
     local folder. Anything that cannot be found ends in a one-line UserError saying how to get it.
@@ -57,7 +60,8 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, with_tex
         kwargs.update(text_encoder=None, tokenizer=None)
     with _quiet_hub(), _as_user_error(model):
         pipe = ZImagePipeline.from_pretrained(source, **kwargs)
-    pipe.to(device)
+    if place:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -38,15 +38,17 @@ def initial_latents(seed: int, channels: int, height: int, width: int, vae_scale
 class Renderer:
     """Renders jobs with a pipeline that has no text encoder, from precomputed prompt embeddings."""
 
-    def __init__(self, pipe, prompt_embeds: list[torch.Tensor], negative_embeds: torch.Tensor | None = None):
+    def __init__(self, pipe, prompt_embeds: list[torch.Tensor], negative_embeds: torch.Tensor | None = None,
+                 device: torch.device | None = None):
         self.pipe = pipe
+        self._device = device  # where the transformer computes; its weights may be offloaded elsewhere
         self.prompt_embeds = prompt_embeds
         self.negative_embeds = negative_embeds  # the empty prompt, needed only when guidance > 0
         self.batch_limit: int | None = None  # lowered after a CUDA out-of-memory, kept for later calls
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.transformer.device
+        return self._device if self._device is not None else self.pipe.transformer.device
 
     def render(self, jobs: Sequence[Job], steps: int = 8, width: int = 1024, height: int = 1024, batch: int = 4,
                guidance: float = 0.0) -> torch.Tensor:

@@ -10,6 +10,8 @@ Two strategies behind one interface (`Weighting`), chosen by name:
 - `FusedFromCopy` ("fused"): keeps a copy W0 of each targeted weight and rebuilds
   `W = W0 + B·diag(s)·A` (one addmm) each trial. No per-image cost; one extra copy of the patched
   weights. Never subtracts the old delta: in bf16 that drifts (the rounding of W + Δ is not undone).
+  LoKr/LoHa modules have no thin side path; only this way applies them: `W = W0 + Σ s·ΔW`, summed
+  in float32 and rounded once. `auto` picks it whenever a LoKr/LoHa is attached.
 
 For both: all scales 0 gives the base model back bit for bit, and a weighting set again gives
 bit-identical outputs however many weightings came between.
@@ -18,7 +20,7 @@ bit-identical outputs however many weightings came between.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -42,8 +44,13 @@ class Target:
     linear: nn.Linear
     down: torch.Tensor  # A: (R, in), all LoRAs' ranks stacked
     up: torch.Tensor  # B: (out, R)
-    start: int  # its slice of the flat scale buffer
+    start: int  # its slice of the flat scale buffer: [start, stop) for the LoRA ranks,
     stop: int
+    dense: list = field(default_factory=list)  # (slot, LoKr/LoHa module on the device): one slot each, from stop
+
+    @property
+    def end(self) -> int:
+        return self.stop + len(self.dense)
 
 
 class ScaleTable:
@@ -91,16 +98,23 @@ class Weighting(ABC):
     """LoRAs attached to a transformer; `set_recipe`/`set_scales` switch the weighting."""
 
     name: ClassVar[str]
+    lora_only: ClassVar[bool] = False  # True: applies plain LoRAs only (no LoKr/LoHa)
 
-    def __init__(self, transformer: nn.Module, loras: list[Lora]):
+    def __init__(self, transformer: nn.Module, loras: list[Lora], device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
         self.transformer = transformer
         self.loras = loras
+        # Where and in what the Linears compute; by default where their weights are. Offloaded
+        # weights sit on the CPU and fp8-stored ones compute in bf16: the engine says so.
         parameter = next(transformer.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
+        self.device = torch.device(device) if device is not None else parameter.device
+        self.dtype = dtype or parameter.dtype
+        if self.lora_only:
+            _refuse_lycoris(loras, self.name)
         self.targets, slots = _build_targets(transformer, loras, self.device, self.dtype)
         self.table = ScaleTable(loras, slots, self.device)
         self._slot_target = torch.repeat_interleave(
-            torch.arange(len(self.targets)), torch.tensor([t.stop - t.start for t in self.targets], dtype=torch.long))
+            torch.arange(len(self.targets)), torch.tensor([t.end - t.start for t in self.targets], dtype=torch.long))
         self._active = [False] * len(self.targets)
         self._attached = True
         self._modules_of = [{path: parse_module(path) for path in lora.modules} for lora in loras]
@@ -134,6 +148,7 @@ class Weighting(ABC):
     def lora_bytes(self) -> int:
         """Memory held for the LoRA tensors (A and B of every target)."""
         return sum(t.down.numel() * t.down.element_size() + t.up.numel() * t.up.element_size()
+                   + sum(x.numel() * x.element_size() for _, m in t.dense for x in m.tensors().values())
                    for t in self.targets)
 
     @property
@@ -156,25 +171,20 @@ class SidePath(Weighting):
     """Base weights untouched; a side path per module reads its scales from the flat buffer."""
 
     name = "side"
+    lora_only = True
 
     def _attach(self) -> None:
-        self._hooks = [target.linear.register_forward_hook(self._hook(i, target))
-                       for i, target in enumerate(self.targets)]
-
-    def _hook(self, index: int, target: Target):
-        scales = self.table.device_buffer[target.start:target.stop]  # a view: set_scales updates it
-        down, up = target.down, target.up
-
-        def side_path(module, inputs, output):
-            if not self._active[index]:
-                return output  # all this module's scales are 0: exactly the base output
-            hidden = F.linear(inputs[0], down)
-            hidden.mul_(scales)  # scales stay fp32 (exact ratios); the product is rounded to x's dtype
-            # output += hidden @ B^T, in place: no second (tokens x out) tensor per module
-            output.view(-1, output.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), up.t())
-            return output
-
-        return side_path
+        self._hooks = []
+        for target in self.targets:
+            linear = target.linear
+            # Plain attributes, not buffers: `module.to(dtype)` (layerwise casting) and group
+            # offloading move parameters and buffers only, so these stay put, in compute dtype,
+            # and the scales stay views into the flat buffer. Under torch.compile every Linear
+            # shares one hook function and reads tensors from its own module: one graph serves
+            # every block, and new scale values are new data, never a recompile.
+            linear.zsearch_down, linear.zsearch_up = target.down, target.up
+            linear.zsearch_scales = self.table.device_buffer[target.start:target.stop]
+            self._hooks.append(linear.register_forward_hook(_side_path))
 
     def _apply(self) -> None:
         pass  # the hooks read the buffer that set_scales just wrote
@@ -183,6 +193,25 @@ class SidePath(Weighting):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        for target in self.targets:
+            for name in SIDE_ATTRIBUTES:
+                vars(target.linear).pop(name, None)
+
+
+SIDE_ATTRIBUTES = ("zsearch_down", "zsearch_up", "zsearch_scales")
+
+
+def _side_path(module: nn.Linear, inputs, output: torch.Tensor) -> torch.Tensor:
+    """output += ((x @ A^T) * s) @ B^T, in place, with no branch on s.
+
+    At s = 0 the side term is exactly zero and adding it changes no bit of the base output, so
+    scale 0 needs no special case (a Python branch on the scales would recompile under compile).
+    """
+    hidden = F.linear(inputs[0], module.zsearch_down)
+    hidden.mul_(module.zsearch_scales)  # scales stay fp32 (exact ratios); the product is rounded to x's dtype
+    # output += hidden @ B^T, in place: no second (tokens x out) tensor per module
+    output.view(-1, output.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), module.zsearch_up.t())
+    return output
 
 
 class FusedFromCopy(Weighting):
@@ -201,6 +230,9 @@ class FusedFromCopy(Weighting):
                 if not active:
                     weight.copy_(base)
                     continue
+                if target.dense:
+                    weight.copy_(_dense_sum(target, base, buffer))
+                    continue
                 scaled_up = (target.up * buffer[target.start:target.stop]).to(self.dtype)  # B·diag(s)
                 torch.addmm(base, scaled_up, target.down, out=weight.data)
 
@@ -215,20 +247,48 @@ class FusedFromCopy(Weighting):
         return super().extra_bytes + sum(b.numel() * b.element_size() for b in self._base)
 
 
+def _dense_sum(target: Target, base: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """W0 + B·diag(s)·A + Σ s·ΔW (LoKr/LoHa), summed in float32 and rounded once to W0's dtype."""
+    total = base.to(torch.float32, copy=True)  # never in place on the kept copy
+    if target.stop > target.start:
+        total.addmm_(target.up.float() * buffer[target.start:target.stop], target.down.float())
+    for slot, module in target.dense:
+        scale = buffer[slot]
+        if bool(scale != 0):
+            total.add_(module.delta(torch.float32) * scale)
+    return total.to(base.dtype)
+
+
+def _refuse_lycoris(loras: list[Lora], way: str) -> None:
+    for lora in loras:
+        if not lora.plain:
+            kinds = ", ".join(sorted(lora.kinds - {"lora"}))
+            raise UserError(f"{lora.path}: holds {kinds} modules, which the '{way}' way cannot apply (it adds "
+                            f"LoRA side paths only); set render.way: fused (or auto)")
+
+
 WAYS: dict[str, type[Weighting]] = {cls.name: cls for cls in (SidePath, FusedFromCopy)}
 
 
-def attach_loras(transformer: nn.Module, loras: list[Lora], way: str = "auto") -> Weighting:
-    """Attach `loras` to `transformer` the named way ("side", "fused", or "auto" to pick by memory)."""
+def attach_loras(transformer: nn.Module, loras: list[Lora], way: str = "auto", device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> Weighting:
+    """Attach `loras` to `transformer` the named way ("side", "fused", or "auto" to pick by memory).
+
+    `device`/`dtype`: where and in what the transformer computes, when its weights are stored
+    elsewhere or otherwise (offloaded, fp8); default: those of its weights.
+    """
     if way == "auto":
         way = choose_way(transformer, loras)
     if way not in WAYS:
         raise UserError(f"weighting way '{way}' is unknown; use auto, {', '.join(WAYS)}")
-    return WAYS[way](transformer, loras)
+    return WAYS[way](transformer, loras, device=device, dtype=dtype)
 
 
 def choose_way(transformer: nn.Module, loras: list[Lora]) -> str:
-    """"fused" when the device has room for a copy of the patched weights (with headroom), else "side"."""
+    """"fused" when a LoKr/LoHa is attached (only it applies them) or when the device has room for a
+    copy of the patched weights (with headroom), else "side"."""
+    if any(not lora.plain for lora in loras):
+        return "fused"
     device = next(transformer.parameters()).device
     free = free_memory_bytes(device)
     if free is None:
@@ -267,28 +327,43 @@ def _build_targets(transformer: nn.Module, loras: list[Lora], device, dtype):
         for path, module in lora.modules.items():
             linear = _linear(transformer, lora, path)
             out_features, in_features = linear.weight.shape
-            if module.down.shape[1] != in_features or module.up.shape[0] != out_features:
+            if tuple(module.shape) != (out_features, in_features):
                 raise UserError(
                     f"{lora.path}: '{path}' is {out_features}x{in_features} in this model but the LoRA's is "
-                    f"{module.up.shape[0]}x{module.down.shape[1]} (made for width {lora.dim}); "
+                    f"{module.shape[0]}x{module.shape[1]} (made for width {lora.dim}); "
                     f"use LoRAs trained for this model")
             by_path.setdefault(path, []).append(index)
     order = {name: i for i, (name, _) in enumerate(transformer.named_modules())}
     targets, slots, offset = [], [], 0
     for path in sorted(by_path, key=order.__getitem__):
         linear = transformer.get_submodule(path)
+        out_features, in_features = linear.weight.shape
         start = offset
-        downs, ups = [], []
+        downs, ups, lycoris = [linear.weight.new_empty(0, in_features)], [linear.weight.new_empty(out_features, 0)], []
         for index in by_path[path]:
             module = loras[index].modules[path]
+            if module.kind != "lora":
+                lycoris.append(index)
+                continue
             slots.append((index, path, offset, offset + module.rank))
             offset += module.rank
             downs.append(module.down)
             ups.append(module.up)
-        down = torch.cat(downs, dim=0).to(device=device, dtype=dtype).contiguous()
-        up = torch.cat(ups, dim=1).to(device=device, dtype=dtype).contiguous()
-        targets.append(Target(path, linear, down, up, start, offset))
+        down = torch.cat([d.to(dtype) for d in downs], dim=0).to(device=device).contiguous()
+        up = torch.cat([u.to(dtype) for u in ups], dim=1).to(device=device).contiguous()
+        stop, dense = offset, []
+        for index in lycoris:  # one scale slot each, after the LoRA ranks
+            slots.append((index, path, offset, offset + 1))
+            dense.append((offset, _on_device(loras[index].modules[path], device)))
+            offset += 1
+        targets.append(Target(path, linear, down, up, start, stop, dense))
     return targets, slots
+
+
+def _on_device(module, device):
+    """A LoKr/LoHa module with its factors in float32 on `device`, scale 1 (the table holds its scale)."""
+    factors = {name: tensor.to(device=device, dtype=torch.float32) for name, tensor in module.tensors().items()}
+    return type(module)(**factors, scale=1.0)
 
 
 def _linear(transformer: nn.Module, lora: Lora, path: str) -> nn.Linear:

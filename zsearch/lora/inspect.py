@@ -10,22 +10,33 @@ import math
 from collections import Counter
 
 
-from ..blocks import COMPONENTS, REFINERS, parse_module
-from .model import Lora, LoraModule
+import torch
+
+from ..blocks import COMPONENTS, OTHER, OTHER_MODULES, REFINERS, parse_module
+from .model import AnyModule, Lora
 
 ZIMAGE_TURBO_DIM = 3840
 LAYER_BANDS = ((0, 9), (10, 19), (20, 29))  # where a LoRA acts: early, middle, late layers
 BANDS = (*REFINERS, *(f"{lo}-{hi}" for lo, hi in LAYER_BANDS))
 
 
-def delta_norm(module: LoraModule) -> float:
-    """||scale * B @ A||_F without forming B @ A (float32 Gram matrices: ~1e-6 relative)."""
+def delta_norm(module: AnyModule) -> float:
+    """||dW||_F: for a LoRA without forming B @ A (float32 Gram matrices: ~1e-6 relative); for a LoKr
+    as ||w1|| ||w2|| (the norm of a Kronecker product); for a LoHa from its delta."""
+    if module.kind == "lokr":
+        w1, w2 = (module.w1 if module.w1 is not None else module.w1_a.float() @ module.w1_b.float(),
+                  module.w2 if module.w2 is not None else module.w2_a.float() @ module.w2_b.float())
+        return abs(module.scale) * float(w1.double().norm()) * float(w2.double().norm())
+    if module.kind == "loha":
+        return float(module.delta(torch.float32).double().norm())
     up, down = module.up.float(), module.down.float()
     gram = (up.T @ up) * (down @ down.T)
     return abs(module.scale) * math.sqrt(max(float(gram.double().sum()), 0.0))
 
 
 def band_of(block: str, index: int) -> str:
+    if block == OTHER:
+        return OTHER
     if block in REFINERS:
         return block
     return next(f"{lo}-{hi}" for lo, hi in LAYER_BANDS if lo <= index <= hi)
@@ -40,26 +51,37 @@ def _band_size(band: str) -> int:
 
 def inspect_lora(lora: Lora) -> dict:
     """Plain data describing `lora` (JSON-ready)."""
-    ranks = Counter(m.rank for m in lora.modules.values())
-    alphas = Counter((m.rank, m.scale) for m in lora.modules.values())
+    ranks = Counter(m.rank for m in lora.modules.values() if m.rank is not None)
+    alphas = Counter((m.kind, m.rank, m.scale) for m in lora.modules.values())
     coverage: dict[str, dict[str, list[int]]] = {c: {} for c in COMPONENTS}
-    squares: dict[str, dict[str, float]] = {c: {} for c in COMPONENTS}
-    counts: dict[str, dict[str, int]] = {c: {} for c in COMPONENTS}
+    squares: dict[str, dict[str, float]] = {c: {} for c in (*COMPONENTS, OTHER)}
+    counts: dict[str, dict[str, int]] = {c: {} for c in (*COMPONENTS, OTHER)}
+    other: dict[str, dict] = {}
     for path, module in lora.modules.items():
         m = parse_module(path)
+        if m.block == OTHER:
+            other[path] = {"kind": module.kind, "rank": module.rank, "shape": list(module.shape),
+                           "norm": delta_norm(module)}
+            squares[OTHER][OTHER] = squares[OTHER].get(OTHER, 0.0) + other[path]["norm"] ** 2
+            counts[OTHER][OTHER] = counts[OTHER].get(OTHER, 0) + 1
+            continue
         coverage[m.component].setdefault(m.block, []).append(m.index)
         band = band_of(m.block, m.index)
         squares[m.component][band] = squares[m.component].get(band, 0.0) + delta_norm(module) ** 2
         counts[m.component][band] = counts[m.component].get(band, 0) + 1
     norms = {c: {b: math.sqrt(v) for b, v in bands.items()} for c, bands in squares.items() if bands}
     band_totals = {b: math.sqrt(sum(squares[c].get(b, 0.0) for c in COMPONENTS)) for b in BANDS}
+    band_totals[OTHER] = math.sqrt(squares[OTHER].get(OTHER, 0.0))
     return {
         "path": str(lora.path),
         "format": lora.format,
         "dim": lora.dim,
         "modules": len(lora.modules),
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
-        "alpha": [{"rank": r, "alpha": s * r, "scale": s, "modules": n} for (r, s), n in sorted(alphas.items())],
+        "kinds": dict(Counter(m.kind for m in lora.modules.values())),
+        "alpha": [{"kind": k, "rank": r, "alpha": s * r if r is not None else None, "scale": s, "modules": n}
+                  for (k, r, s), n in sorted(alphas.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2]))],
+        "other": other,
         "coverage": {c: {b: sorted(i) for b, i in blocks.items()} for c, blocks in coverage.items() if blocks},
         "norms": norms,
         "modules_per_band": {c: bands for c, bands in counts.items() if bands},
@@ -73,6 +95,9 @@ def _notes(lora: Lora) -> list[str]:
     notes = []
     if lora.dim != ZIMAGE_TURBO_DIM:
         notes.append(f"width {lora.dim} is not Z-Image-Turbo's {ZIMAGE_TURBO_DIM} (a test LoRA, or another model)")
+    if not lora.plain:
+        notes.append("diffusers' Z-Image loader reads LoRA keys only (ComfyUI also loads LoKr/LoHa); "
+                     "`zsearch merge FILE --ratio 1 --as-lora --rank N -o OUT.safetensors` writes it as a LoRA")
     if lora.format.startswith("kohya"):
         notes.append("ComfyUI drops kohya-named attention keys; `zsearch merge FILE --ratio 1 -o OUT.safetensors` "
                      "rewrites it in the AI-Toolkit form that ComfyUI and diffusers load")
@@ -94,13 +119,20 @@ def ranges(indices: list[int]) -> str:
 def format_report(info: dict) -> str:
     """A human-readable table of `inspect_lora`'s data."""
     model = "Z-Image-Turbo" if info["dim"] == ZIMAGE_TURBO_DIM else "not Z-Image-Turbo"
-    ranks = ", ".join(f"{r} ({n} modules)" for r, n in info["ranks"].items())
-    alphas = ", ".join(
-        ("none (scale 1)" if a["scale"] == 1.0 else f"{a['alpha']:g} at rank {a['rank']} (scale {a['scale']:g})")
-        + f" x{a['modules']}" for a in info["alpha"])
+    ranks = ", ".join(f"{r} ({n} modules)" for r, n in info["ranks"].items()) or "-"
+    kinds = ", ".join(f"{k} x{n}" for k, n in sorted(info["kinds"].items()))
+
+    def alpha_text(a: dict) -> str:
+        kind = "" if a["kind"] == "lora" else f"{a['kind']} "
+        if a["scale"] == 1.0:
+            return f"{kind}none (scale 1)"
+        if a["rank"] is None:
+            return f"{kind}scale {a['scale']:g}"
+        return f"{kind}{a['alpha']:g} at rank {a['rank']} (scale {a['scale']:g})"
+    alphas = ", ".join(alpha_text(a) + f" x{a['modules']}" for a in info["alpha"])
     lines = [
         info["path"],
-        f"  format  {info['format']}    width {info['dim']} ({model})    {info['modules']} modules",
+        f"  format  {info['format']}    width {info['dim']} ({model})    {info['modules']} modules ({kinds})",
         f"  rank    {ranks}",
         f"  alpha   {alphas}",
         "",
@@ -124,6 +156,12 @@ def format_report(info: dict) -> str:
         lines.append(f"  {component:8}" + "".join(cells) + f"   {ranges(covered) if covered else '-'}")
     lines.append(f"  {'all':8}" + "".join(f"{info['band_norms'].get(b, 0.0):>17.4g}" for b in BANDS)
                  + f"   total {info['total_norm']:.4g}")
+    if info["other"]:
+        lines += ["", "  outside the blocks (component `other`)"]
+        for path, entry in info["other"].items():
+            rank = f"rank {entry['rank']}" if entry["rank"] is not None else "whole factors"
+            lines.append(f"  {path:40} {entry['kind']:5} {rank:14} {entry['shape'][1]}->{entry['shape'][0]}"
+                         f"   ||dW|| {entry['norm']:.4g}")
     lines += [f"  note: {n}" for n in info["notes"]]
     return "\n".join(lines)
 

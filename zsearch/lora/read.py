@@ -1,19 +1,27 @@
-"""Read a LoRA file of any known Z-Image format into the canonical `Lora`.
+"""Read a LoRA file of any known Z-Image layout into the canonical `Lora`.
 
-Every format names the same Linears differently; this module maps each key to a diffusers
-module path (`layers.0.attention.to_q`), folds alpha/rank into a scale, splits fused `qkv`,
-infers the transformer width D from the shapes and checks every shape against it. Anything
-that is not a plain Z-Image LoRA is refused with a one-line UserError.
+Every trainer names the same Linears differently; this module maps each key to a diffusers
+module path (`layers.0.attention.to_q`, `t_embedder.mlp.0`), folds alpha into a scale with the
+trainer's own rule, splits fused `qkv`, infers the transformer width D from the shapes and checks
+every shape against it. Files of other models, and adapters that are not LoRA/LoKr/LoHa, are
+refused with a one-line UserError that says what the file is.
 
-The tensors are safetensors' zero-copy views of the memory-mapped file: loading is fast and
-the pages are the page cache's, but they stay mapped while any module of the file is alive.
+Names are matched on their "flat" form, with every `.` and `_` read as one separator, so kohya's
+`lora_unet_layers_0_attention_to_q`, VideoX-Fun's `lora_unet__layers_0_…`, LyCORIS' `lycoris_…`
+and musubi's converter output (`context.refiner.0`, `adaLN.modulation.0`) all land on the
+module they name. No two Z-Image module paths share a flat form.
 
-    source          key example                                              down / up
-    AI-Toolkit      diffusion_model.layers.0.attention.to_q.lora_A.weight    lora_A / lora_B
-    diffusers/PEFT  transformer.layers.0.attention.to_q.lora_A.weight (+ .alpha)
-    kohya/musubi    lora_unet_layers_0_attention_to_q.lora_down.weight (+ .alpha)
-    fused (ComfyUI) ...attention.qkv... (A shared, B = [q; k; v]), ...attention.out...
-    DiffSynth       layers.0.attention.to_q.lora_A.default.weight
+    source           key example                                               scale
+    AI-Toolkit       diffusion_model.layers.0.attention.to_q.lora_A.weight     1
+    diffusers/PEFT   transformer.layers.0.attention.to_q.lora_A.weight         .alpha, or the adapter config
+    PEFT folder      base_model.model.layers.0.attention.to_q.lora_A.weight    adapter_config.json
+    kohya/musubi     lora_unet_layers_0_attention_to_q.lora_down.weight        alpha / rank
+    fused (ComfyUI)  …attention.qkv… (A shared, B = [q; k; v]), …attention.out…
+    DiffSynth        layers.0.attention.to_q.lora_A.default.weight             1
+    LyCORIS          lycoris_layers_0_attention_to_q.lokr_w1 / .hada_w1_a      LyCORIS' rules (model.py)
+
+The tensors are safetensors' zero-copy views of the memory-mapped file (fp8 ones are cast up
+to bfloat16, exactly): they stay mapped while any module of the file is alive.
 """
 
 from __future__ import annotations
@@ -29,76 +37,110 @@ from typing import Iterable
 import torch
 from safetensors import safe_open
 
-from ..blocks import COMPONENTS, N_LAYERS, REFINERS, expected_shape, parse_module
+from ..blocks import (COMPONENTS, N_LAYERS, OTHER, OTHER_MODULES, REFINERS, expected_shape, other_width_side,
+                      parse_module)
 from ..errors import UserError
-from .model import Lora, LoraModule
+from .model import AnyModule, Lora, LohaModule, LokrModule, LoraModule
 
-# Key suffix -> role. Longest first so `.lora_A.default.weight` wins over `.weight`.
+ZIMAGE_TURBO_DIM = 3840
+
+# Key suffix -> role. `.lora_A.<adapter>.weight` (PEFT/DiffSynth) is matched by _ADAPTER_RE.
 _ROLE_SUFFIXES = (
-    (".lora_A.default.weight", "down"),
-    (".lora_B.default.weight", "up"),
-    (".lora_A.weight", "down"),
-    (".lora_B.weight", "up"),
-    (".lora_down.weight", "down"),
-    (".lora_up.weight", "up"),
+    (".lora_A.weight", "down"), (".lora_B.weight", "up"),
+    (".lora_down.weight", "down"), (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"), (".lora.up.weight", "up"),  # "dot" trainers (diffusers reads them)
     (".alpha", "alpha"),
+    *((f".lokr_{n}", f"lokr_{n}") for n in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")),
+    *((f".hada_{n}", f"hada_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b")),
 )
+_ADAPTER_RE = re.compile(r"^(.+)\.lora_([AB])\.[A-Za-z0-9_-]+\.weight$")
 
-# Key prefix -> format name. Order matters: the first that matches wins.
+# Key prefix -> format name. The first that matches wins.
 _PREFIXES = (
+    ("model.diffusion_model.", "ai-toolkit"),
     ("diffusion_model.", "ai-toolkit"),
-    ("transformer.", "diffusers"),
+    ("base_model.model.transformer.", "diffusers"),
     ("base_model.model.", "diffusers"),
+    ("transformer.", "diffusers"),
     ("lora_unet_", "kohya"),
     ("lora_transformer_", "kohya"),
+    ("lycoris_", "lycoris"),
     ("", "diffsynth"),
 )
 
-# Fused names of the original/ComfyUI checkpoint, relative to a block.
 _FUSED_QKV = "attention.qkv"
 _FUSED_OUT = "attention.out"
-_BLOCK_SUFFIXES = {**{s: c for c, s in COMPONENTS.items()}, _FUSED_OUT: "to_out", _FUSED_QKV: "qkv"}
-# kohya flattens dots to underscores: `attention_to_out_0` -> `attention.to_out.0`.
-_KOHYA_SUFFIXES = {s.replace(".", "_"): s for s in _BLOCK_SUFFIXES}
-_KOHYA_RE = re.compile(r"^(layers|noise_refiner|context_refiner)_(\d+)_(.+)$")
-_DOTTED_RE = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
 
-# Not LoRA: LyCORIS variants and other adapters, recognised by a key pattern.
+
+def _flat(name: str) -> str:
+    return re.sub(r"[._]+", ".", name).strip(".")
+
+
+_BLOCK_SUFFIX_OF_FLAT = {_flat(s): s for s in (*COMPONENTS.values(), _FUSED_QKV, _FUSED_OUT)}
+_BLOCK_OF_FLAT = {_flat(b): b for b in ("layers", *REFINERS)}
+_OTHER_OF_FLAT = {_flat(alias): path for path, aliases in OTHER_MODULES.items() for alias in (path, *aliases)}
+# What musubi's diffusers converter leaves of names with underscores (diffusers repairs the same)
+_MANGLED = ("context.refiner", "noise.refiner", "adaLN.modulation", "t.embedder", "cap.embedder", "x.embedder",
+            "final.layer")
+_FLAT_BLOCK_RE = re.compile(r"^(layers|noise\.refiner|context\.refiner)\.(\d+)\.(.+)$")
+
+# Adapters that are not LoRA/LoKr/LoHa, recognised by a key pattern.
 _NOT_LORA = (
-    (r"\.lokr_", "a LoKr (LyCORIS) file"),
-    (r"\.hada_", "a LoHa (LyCORIS) file"),
-    (r"\.dora_scale$|lora_magnitude_vector", "a DoRA file"),
-    (r"\.lora_mid\.", "a LoCon/Tucker file"),
-    (r"\.diff(_b)?$", "a full-weight difference file"),
-    (r"\.oft_", "an OFT file"),
-    (r"\.a1\.weight$", "a GLoRA file"),
+    (r"\.dora_scale$|lora_magnitude_vector|\.magnitude$",
+     "a DoRA file (a weight-decomposed update: its delta depends on the base weights' norms, so it cannot be "
+     "merged as a LoRA)"),
+    (r"\.lora_mid\.|\.lokr_t2$|\.hada_t[12]$", "a LoCon/LyCORIS Tucker (convolution) file"),
+    (r"\.diff(_b)?$", "a full-weight or bias difference file (.diff/.diff_b); re-extract it without bias/full "
+                      "differences"),
+    (r"\.oft_|\.oft_blocks$|\.oft_diag$", "an OFT/BOFT file"),
+    (r"\.[ab][12]\.weight$", "a GLoRA file"),
 )
 
-# Other models, recognised by key fragments, so a wrong file is named for what it is.
+# Other models, by a key fragment no Z-Image file has (checked in this order).
 _OTHER_MODELS = (
-    (("img_mlp", "txt_mlp", "img_mod"), "Qwen-Image"),
-    (("double_blocks", "single_blocks", "single_transformer_blocks", "add_q_proj", "ff_context"),
-     "Flux (or Chroma / HunyuanVideo)"),
-    (("joint_blocks", "context_block"), "SD3"),
-    (("lora_te1_", "lora_te2_", "text_encoder_2"), "SDXL"),
-    (("down_blocks", "up_blocks", "input_blocks", "output_blocks", "mid_block", "middle_block"),
-     "Stable Diffusion 1.x/2.x/SDXL (UNet)"),
-    (("lora_te_", "text_model.encoder", "text_encoder"), "a text encoder"),
-    (("self_attn", "cross_attn"), "Wan"),
-    (("feed_forward.linear_1", "attn.to_q"), "Lumina 2 (diffusers naming)"),
+    (r"double_blocks|single_blocks|single_transformer_blocks|guidance_in|distilled_guidance",
+     "Flux (or a model built like it: Chroma, HunyuanVideo)"),
+    (r"img_mlp|txt_mlp|img_mod|txt_mod", "Qwen-Image"),
+    (r"joint_blocks|context_block|x_block", "SD3"),
+    (r"lora_te[12]_|text_encoder_2", "SDXL (its two text encoders)"),
+    (r"input_blocks|output_blocks|middle_block|down_blocks|up_blocks|mid_block", "SDXL or Stable Diffusion 1.x/2.x (a UNet)"),
+    ("", None),  # text encoders: _refuse_text_encoder
+    (r"self_attn|cross_attn|(^|[._])blocks[._]\d+[._](attn1|attn2|ffn)", "Wan"),
+    (r"feed_forward[._]linear_\d|time_caption_embed|(^|[._])layers[._]\d+[._]attn[._]", "Lumina 2 (diffusers naming)"),
+    (r"conditional_transformer|attention[._]o([._]|$)|adaln_modulation", "Ideogram 4"),
+    (r"(layers|refiner)[._]\d+[._]adaLN_modulation[._]1", "Lumina 2 (its blocks' adaLN is adaLN_modulation.1)"),
 )
+_DIFFUSERS_BLOCKS = re.compile(r"(^|[._])transformer_blocks[._]\d+[._](attn|ff|ff_context|norm1|norm1_context)[._]")
+_TEXT_ENCODER = re.compile(r"lora_te\d?_|text_encoder|text_model|(^|[._])te\d?[._]")
+
+# Widths of other models that share Z-Image's names (Lumina 2, Ideogram 4) or could be mistaken for it.
+OTHER_MODEL_WIDTHS = {
+    2304: "Lumina 2", 4608: "Ideogram 4", 3072: "Flux or Qwen-Image", 2432: "SD3.5 Large",
+    1536: "SD3 Medium or Wan 2.1 1.3B", 5120: "Wan 2.1 14B",
+}
+
+_FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+             if hasattr(torch, n))
 
 
 def load_lora(path: str | os.PathLike) -> Lora:
-    """Read one LoRA file; every problem is a UserError naming the file and the fix."""
+    """Read one LoRA file (or PEFT folder); every problem is a UserError naming the file and the fix."""
     path = Path(path)
-    tensors, metadata = _read_safetensors(path)
+    tensors, metadata, config, fmt_hint = _read_source(path)
+    _refuse_other_models(path, tensors)
+    _refuse_other_adapters(path, list(tensors))
     groups, fmt = _group_keys(path, tensors)
-    modules = _build_modules(path, groups, metadata)
+    modules = _build_modules(path, groups, config)
+    if not modules:
+        raise UserError(f"{path}: every weight in it is zero; it changes nothing (re-export it)")
     dim = _infer_dim(modules)
+    if dim in OTHER_MODEL_WIDTHS and dim != ZIMAGE_TURBO_DIM:
+        model = OTHER_MODEL_WIDTHS[dim]
+        raise UserError(f"{path}: its modules are {dim} wide, the width of {model} (Z-Image-Turbo is "
+                        f"{ZIMAGE_TURBO_DIM}); this is a {model} LoRA, not a Z-Image one")
     _check_shapes(path, modules, dim)
     ordered = {p: modules[p] for p in sorted(modules, key=model_order)}
-    return Lora(path=path, format=fmt, dim=dim, modules=ordered, metadata=metadata)
+    return Lora(path=path, format=fmt_hint or fmt, dim=dim, modules=ordered, metadata=metadata)
 
 
 def load_loras(paths: Iterable[str | os.PathLike]) -> list[Lora]:
@@ -112,11 +154,26 @@ def load_loras(paths: Iterable[str | os.PathLike]) -> list[Lora]:
     return loras
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+# -- reading the file ----------------------------------------------------------------------------
+def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict, str | None]:
+    """(tensors, metadata, PEFT config or {}, format name if the layout fixes it)."""
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; give a .safetensors LoRA file")
+        weights = path / "adapter_model.safetensors"
+        if not weights.is_file():
+            if (path / "pytorch_lora_weights.safetensors").is_file():  # diffusers' save_lora_weights folder
+                return _read_source(path / "pytorch_lora_weights.safetensors")
+            raise UserError(f"{path}: is a folder without adapter_model.safetensors; give a .safetensors LoRA file "
+                            f"or a PEFT save_pretrained folder")
+        tensors, metadata = _read_safetensors(weights)
+        config = _read_adapter_config(path / "adapter_config.json")
+        return tensors, metadata, config, "peft"
+    tensors, metadata = _read_safetensors(path)
+    return tensors, metadata, _metadata_config(metadata), None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
@@ -133,65 +190,142 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
+def _read_adapter_config(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: missing; a PEFT folder needs the adapter_config.json that save_pretrained writes "
+                        f"(it holds lora_alpha)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc.__class__.__name__}); re-save the adapter") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: not a PEFT adapter config (a JSON object with r and lora_alpha)")
+    return config
+
+
+def _metadata_config(metadata: dict[str, str]) -> dict:
+    """The PEFT config diffusers' `save_lora_weights` keeps in the metadata (`lora_adapter_metadata`)."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return {}
+    return {k.removeprefix("transformer."): v for k, v in config.items()} if isinstance(config, dict) else {}
+
+
+def _cast_up(tensor: torch.Tensor) -> torch.Tensor:
+    # fp8 values are all exact in bfloat16 (more exponent range, more mantissa), and most CPU
+    # reductions (the finite check, norms) are not implemented for fp8
+    return tensor.to(torch.bfloat16) if tensor.dtype in _FP8 else tensor
+
+
+# -- what the file is ----------------------------------------------------------------------------
+def _refuse_other_models(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    keys = list(tensors)
+    for pattern, model in _OTHER_MODELS:
+        if model is None:  # text encoders, after SDXL's and before Wan's patterns (CLIP has `self_attn` too)
+            _refuse_text_encoder(path, keys)
+            continue
+        hit = next((k for k in keys if re.search(pattern, k)), None)
+        if hit is not None:
+            raise UserError(f"{path}: a LoRA of {model} (key '{hit}'), not a Z-Image LoRA; use a LoRA trained for "
+                            f"Z-Image")
+    hit = next((k for k in keys if _DIFFUSERS_BLOCKS.search(k)), None)
+    if hit is not None:  # diffusers `transformer_blocks.N`: Qwen-Image, Flux's double blocks or SD3, told by width
+        width = next((t.shape[-1] for k, t in tensors.items() if t.ndim == 2 and _DIFFUSERS_BLOCKS.search(k)
+                      and re.search(r"attn[._]to_[qkv][._]lora[._]?(A|down)", k)), None)
+        flux_like = any(re.search(r"ff_context|norm1_context|(^|[._])ff[._]net", k) for k in keys)
+        if width in (1536, 2432):
+            model = "SD3"
+        elif width == 3072:
+            model = "Flux" if flux_like else "Qwen-Image"
+        else:
+            model = "Flux or SD3" if flux_like else "Qwen-Image, Flux or SD3"
+        raise UserError(f"{path}: a LoRA of {model} (key '{hit}': diffusers transformer_blocks, width {width}), "
+                        f"not a Z-Image LoRA; use a LoRA trained for Z-Image")
+
+
+def _refuse_text_encoder(path: Path, keys: list[str]) -> None:
+    text_encoder = next((k for k in keys if _TEXT_ENCODER.search(k)), None)
+    if text_encoder is None:
+        return
+    if any((split := _split_role(k)) and _locate(split[0]) for k in keys):
+        raise UserError(f"{path}: holds text-encoder LoRA weights too (key '{text_encoder}'), which zsearch "
+                        f"cannot weight; save the Z-Image transformer part alone and give that file")
+    raise UserError(f"{path}: its keys belong to a text encoder (e.g. '{text_encoder}'; zsearch weights the "
+                    f"Z-Image transformer only), not a Z-Image LoRA")
+
+
+def _refuse_other_adapters(path: Path, keys: list[str]) -> None:
+    for pattern, what in _NOT_LORA:
+        hit = next((k for k in keys if re.search(pattern, k)), None)
+        if hit is not None:
+            raise UserError(f"{path}: {what}, not a LoRA (key '{hit}'); zsearch reads LoRA, LoKr and LoHa files")
+
+
 def _split_role(key: str) -> tuple[str, str] | None:
+    match = _ADAPTER_RE.match(key)
+    if match:
+        return match.group(1), "down" if match.group(2) == "A" else "up"
     for suffix, role in _ROLE_SUFFIXES:
         if key.endswith(suffix):
             return key[: -len(suffix)], role
     return None
 
 
-def _block_path(name: str) -> tuple[str, str] | None:
-    """Strip a known prefix: (dotted `block.i.suffix` name, format) or None if not Z-Image."""
+def _locate(name: str) -> tuple[str, str, str] | None:
+    """(canonical module name, format, the name as its trainer wrote it without the prefix), or None."""
     for prefix, fmt in _PREFIXES:
         if not name.startswith(prefix):
             continue
         rest = name[len(prefix):]
-        if fmt == "kohya":
-            match = _KOHYA_RE.match(rest)
-            if not match or match.group(3) not in _KOHYA_SUFFIXES:
+        flat = _flat(rest)
+        if flat in _OTHER_OF_FLAT:
+            canonical = _OTHER_OF_FLAT[flat]
+        else:
+            match = _FLAT_BLOCK_RE.match(flat)
+            if not match or match.group(3) not in _BLOCK_SUFFIX_OF_FLAT:
                 return None
-            return f"{match.group(1)}.{match.group(2)}.{_KOHYA_SUFFIXES[match.group(3)]}", fmt
-        match = _DOTTED_RE.match(rest)
-        if not match or match.group(3) not in _BLOCK_SUFFIXES:
-            return None
-        return rest, fmt
+            canonical = f"{_BLOCK_OF_FLAT[match.group(1)]}.{match.group(2)}.{_BLOCK_SUFFIX_OF_FLAT[match.group(3)]}"
+        if fmt == "kohya" and rest.startswith("_"):
+            fmt = "videox-fun"
+        elif "." in rest and any(token in rest for token in _MANGLED):
+            fmt = "musubi-converted"  # dots where the module names have underscores
+        return canonical, fmt, rest
     return None
 
 
 def _group_keys(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict], str]:
-    """Group keys by the Z-Image Linear they adapt: {dotted name: {"down", "up", "alpha", "keys"}}."""
-    keys = list(tensors)
-    for pattern, what in _NOT_LORA:
-        hit = next((k for k in keys if re.search(pattern, k)), None)
-        if hit is not None:
-            raise UserError(f"{path}: {what}, not a LoRA (key '{hit}'); zsearch merges plain LoRAs only")
-
+    """Group keys by the Z-Image Linear they adapt: {module name: {role: (key, tensor)}, "keys": [...]}."""
     groups: dict[str, dict] = {}
     formats: Counter = Counter()
     unknown = []
-    for key in keys:
+    for key, tensor in tensors.items():
         split = _split_role(key)
-        located = _block_path(split[0]) if split else None
+        located = _locate(split[0]) if split else None
         if located is None:
             unknown.append(key)
             continue
-        name, fmt = located
+        name, fmt, written = located
         formats[fmt] += 1
-        group = groups.setdefault(name, {"keys": []})
+        group = groups.setdefault(name, {"keys": [], "written": written})
         group["keys"].append(key)
         role = split[1]
         if role in group:
             raise UserError(f"{path}: keys '{group[role][0]}' and '{key}' both give the {role} of {name}; "
                             f"the file is inconsistent, re-export it")
-        group[role] = (key, tensors[key])
+        group[role] = (key, tensor)
 
     if not groups:
-        raise UserError(f"{path}: {_describe_foreign(keys)}, not a Z-Image LoRA; use a LoRA trained for Z-Image")
+        raise UserError(f"{path}: {_describe_foreign(list(tensors))}, not a Z-Image LoRA; use a LoRA trained for "
+                        f"Z-Image")
     if unknown:
         raise UserError(
-            f"{path}: key '{unknown[0]}' is not a LoRA weight of a Z-Image block Linear "
-            f"({len(unknown)} such keys; {_describe_foreign(unknown)}); zsearch weights only "
-            f"{', '.join(COMPONENTS)} in layers/noise_refiner/context_refiner")
+            f"{path}: key '{unknown[0]}' is not a LoRA, LoKr or LoHa weight of a Z-Image Linear "
+            f"({len(unknown)} such keys; {_describe_foreign(unknown)}); zsearch weights "
+            f"{', '.join(COMPONENTS)} in layers/noise_refiner/context_refiner and the embedders and final layer")
 
     fmt = formats.most_common(1)[0][0]
     if any(name.endswith((_FUSED_QKV, _FUSED_OUT)) for name in groups):
@@ -200,72 +334,212 @@ def _group_keys(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[dict[str,
 
 
 def _describe_foreign(keys: list[str]) -> str:
-    for fragments, model in _OTHER_MODELS:
-        hit = next((k for k in keys if any(f in k for f in fragments)), None)
-        if hit is not None:
-            return f"its keys look like {model} (e.g. '{hit}')"
+    hit = next((k for k in keys if _TEXT_ENCODER.search(k)), None)
+    if hit is not None:
+        return f"its keys belong to a text encoder (e.g. '{hit}'; zsearch weights the transformer only)"
     return f"no key names a Z-Image transformer module (e.g. '{keys[0]}')"
 
 
-def _adapter_alphas(metadata: dict[str, str]) -> tuple[float | None, dict[str, float], bool]:
-    """PEFT's `lora_adapter_metadata` (diffusers saves it): lora_alpha, alpha_pattern, use_rslora."""
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return None, {}, False
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        return None, {}, False
-    config = {k.removeprefix("transformer."): v for k, v in config.items()}
-    alpha = config.get("lora_alpha")
-    pattern = config.get("alpha_pattern") or {}
-    return (float(alpha) if alpha is not None else None), {k: float(v) for k, v in pattern.items()}, \
-        bool(config.get("use_rslora"))
+# -- building the modules ------------------------------------------------------------------------
+def _peft_rank_alpha(config: dict, name: str, default_rank: int) -> tuple[int, float | None]:
+    """(r, lora_alpha) PEFT uses for module `name`; rank_pattern/alpha_pattern keys are regexes,
+    matched as PEFT's get_pattern_key does: `re.match(rf"(.*\\.)?({key})$", name)`, first match wins."""
+    def pick(patterns: dict, fallback):
+        for key, value in (patterns or {}).items():
+            try:
+                if re.match(rf"(.*\.)?({key})$", name):
+                    return value
+            except re.error:
+                if name == key or name.endswith("." + key):
+                    return value
+        return fallback
+    rank = int(pick(config.get("rank_pattern"), config.get("r", default_rank)) or default_rank)
+    alpha = pick(config.get("alpha_pattern"), config.get("lora_alpha", config.get("alpha")))
+    return rank, (float(alpha) if alpha is not None else None)
 
 
-def _build_modules(path: Path, groups: dict[str, dict], metadata: dict[str, str]) -> dict[str, LoraModule]:
-    peft_alpha, peft_pattern, rslora = _adapter_alphas(metadata)
-    modules: dict[str, LoraModule] = {}
+def _tensor(path: Path, group: dict, role: str) -> torch.Tensor | None:
+    if role not in group:
+        return None
+    key, tensor = group[role]
+    tensor = _cast_up(tensor)
+    if tensor.ndim != 2:
+        raise UserError(f"{path}: '{key}' has shape {list(tensor.shape)}; a Z-Image LoRA weight is a "
+                        f"2-D matrix (this looks like a convolution LoRA)")
+    if not tensor.is_floating_point():
+        raise UserError(f"{path}: '{key}' holds {tensor.dtype} values; a LoRA weight is floating point")
+    if not _all_finite(tensor):
+        raise UserError(f"{path}: '{key}' contains NaN or Inf values; the LoRA is corrupt (re-train or re-export it)")
+    return tensor
+
+
+def _alpha(path: Path, group: dict) -> float | None:
+    if "alpha" not in group:
+        return None
+    key, tensor = group["alpha"]
+    value = float(_cast_up(tensor).float().reshape(-1)[0]) if tensor.numel() == 1 else float("nan")
+    if not math.isfinite(value):
+        raise UserError(f"{path}: '{key}' must be one finite number")
+    return value
+
+
+def _build_modules(path: Path, groups: dict[str, dict], config: dict) -> dict[str, AnyModule]:
+    modules: dict[str, AnyModule] = {}
     for name, group in groups.items():
-        if "down" not in group or "up" not in group:
-            missing = "up (lora_B / lora_up)" if "up" not in group else "down (lora_A / lora_down)"
-            raise UserError(f"{path}: {name} has no {missing} weight (found only '{group['keys'][0]}'); "
-                            f"the file is incomplete, re-export it")
-        (down_key, down), (up_key, up) = group["down"], group["up"]
-        for key, tensor in ((down_key, down), (up_key, up)):
-            if tensor.ndim != 2:
-                raise UserError(f"{path}: '{key}' has shape {list(tensor.shape)}; a Z-Image LoRA weight is a "
-                                f"2-D matrix (this looks like a convolution LoRA)")
-            if not tensor.is_floating_point():
-                raise UserError(f"{path}: '{key}' holds {tensor.dtype} values; a LoRA weight is floating point")
-            if not _all_finite(tensor):
-                raise UserError(f"{path}: '{key}' contains NaN or Inf values; the LoRA is corrupt (re-train or "
-                                f"re-export it)")
-        if down.shape[0] != up.shape[1]:
-            raise UserError(f"{path}: {name}: '{down_key}' has rank {down.shape[0]} but '{up_key}' has rank "
-                            f"{up.shape[1]}; the two halves of the LoRA disagree")
-        rank = down.shape[0]
-        scale = 1.0
-        if "alpha" in group:
-            alpha_key, alpha_tensor = group["alpha"]
-            if alpha_tensor.numel() != 1 or not math.isfinite(float(alpha_tensor.float().reshape(-1)[0])):
-                raise UserError(f"{path}: '{alpha_key}' must be one finite number")
-            scale = float(alpha_tensor.float().reshape(-1)[0]) / rank
-        elif peft_alpha is not None:
-            alpha = next((a for pat, a in peft_pattern.items() if re.search(rf"(^|\.){re.escape(pat)}$", name)),
-                         peft_alpha)
-            scale = alpha / (math.sqrt(rank) if rslora else rank)
-
-        block, index, suffix = _DOTTED_RE.match(name).groups()
-        if suffix == _FUSED_QKV:
-            if up.shape[0] % 3:
-                raise UserError(f"{path}: fused '{up_key}' has {up.shape[0]} rows, not 3 equal parts (q, k, v)")
-            for component, part in zip(("to_q", "to_k", "to_v"), up.chunk(3, dim=0)):
-                _add(path, modules, f"{block}.{index}.{COMPONENTS[component]}", LoraModule(down, part, scale), name)
-        else:
-            _add(path, modules, f"{block}.{index}.{COMPONENTS[_BLOCK_SUFFIXES[suffix]]}",
-                 LoraModule(down, up, scale), name)
+        roles = {r for r in group if r not in ("keys", "written", "alpha")}
+        kinds = {"lokr" if r.startswith("lokr_") else "loha" if r.startswith("hada_") else "lora" for r in roles}
+        if not kinds:
+            raise _missing(path, name, group, "LoRA/LoKr/LoHa")
+        if len(kinds) != 1:
+            raise UserError(f"{path}: {name} mixes {' and '.join(sorted(kinds))} weights ({group['keys'][0]}, ...); "
+                            f"the file is inconsistent, re-export it")
+        kind = kinds.pop()
+        build = {"lora": _lora_module, "lokr": _lokr_module, "loha": _loha_module}[kind]
+        module = build(path, name, group, config)
+        for part_name, part in _split_fused(path, name, module, group):
+            _add(path, modules, part_name, part, name)
     return modules
+
+
+def _missing(path: Path, name: str, group: dict, what: str) -> UserError:
+    return UserError(f"{path}: {name} has no {what} weight (found only '{group['keys'][0]}'); the file is "
+                     f"incomplete, re-export it")
+
+
+def _lora_module(path: Path, name: str, group: dict, config: dict) -> LoraModule:
+    down, up = _tensor(path, group, "down"), _tensor(path, group, "up")
+    if down is None or up is None:
+        raise _missing(path, name, group, "up (lora_B / lora_up)" if up is None else "down (lora_A / lora_down)")
+    if down.shape[0] != up.shape[1]:
+        raise UserError(f"{path}: {name}: '{group['down'][0]}' has rank {down.shape[0]} but '{group['up'][0]}' has "
+                        f"rank {up.shape[1]}; the two halves of the LoRA disagree")
+    rank = down.shape[0]
+    alpha = _alpha(path, group)
+    if alpha is not None:
+        scale = alpha / rank  # kohya, LyCORIS, OneTrainer, diffusers' converter: alpha / rank
+    elif config:
+        r, peft_alpha = _peft_rank_alpha(config, group["written"], rank)
+        scale = 1.0 if peft_alpha is None else peft_alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+    else:
+        scale = 1.0  # AI-Toolkit, DiffSynth: no alpha saved, none applied
+    return LoraModule(down, up, scale)
+
+
+def _lycoris_scale(alpha: float | None, dim: int | None) -> float:
+    """LyCORIS: alpha missing or 0 means alpha = dim; scale = alpha / dim (1 when dim is unknown)."""
+    if dim is None:
+        return 1.0
+    return (dim if not alpha else alpha) / dim
+
+
+def _peft_lycoris_scale(path, name, group, config, dim) -> float:
+    alpha = _alpha(path, group)
+    if alpha is None and config:
+        r, peft_alpha = _peft_rank_alpha(config, group["written"], dim or 1)
+        return 1.0 if peft_alpha is None else peft_alpha / r  # PEFT's LoKr/LoHa: alpha / r
+    return _lycoris_scale(alpha, dim)
+
+
+def _lokr_module(path: Path, name: str, group: dict, config: dict) -> LokrModule:
+    t = {n: _tensor(path, group, f"lokr_{n}") for n in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")}
+    for which in ("w1", "w2"):
+        whole, a, b = t[which], t[f"{which}_a"], t[f"{which}_b"]
+        if whole is None and (a is None or b is None):
+            raise _missing(path, name, group, f"lokr_{which} (or lokr_{which}_a and lokr_{which}_b)")
+        if whole is None and a.shape[1] != b.shape[0]:
+            raise UserError(f"{path}: {name}: lokr_{which}_a is {list(a.shape)} but lokr_{which}_b is "
+                            f"{list(b.shape)}; their inner sizes disagree")
+        if whole is not None:
+            t[f"{which}_a"] = t[f"{which}_b"] = None  # LyCORIS uses the whole factor when both are saved
+    module = LokrModule(**t)
+    if config and config.get("peft_type", "").upper() == "LOKR" and "alpha" not in group:
+        module.scale = _peft_lycoris_scale(path, name, group, config, module.rank)
+    elif module.rank is None:
+        module.scale = 1.0  # both factors whole: LyCORIS and musubi use scale 1 whatever alpha says
+    else:
+        module.scale = _lycoris_scale(_alpha(path, group), module.rank)
+    return module
+
+
+def _loha_module(path: Path, name: str, group: dict, config: dict) -> LohaModule:
+    t = {n: _tensor(path, group, f"hada_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b")}
+    absent = [n for n, v in t.items() if v is None]
+    if absent:
+        raise _missing(path, name, group, f"hada_{absent[0]}")
+    if t["w1_a"].shape[1] != t["w1_b"].shape[0] or t["w2_a"].shape[1] != t["w2_b"].shape[0] or \
+            t["w1_a"].shape[0] != t["w2_a"].shape[0] or t["w1_b"].shape[1] != t["w2_b"].shape[1]:
+        raise UserError(f"{path}: {name}: the LoHa factors' shapes disagree "
+                        f"({', '.join(f'hada_{n} {list(v.shape)}' for n, v in t.items())})")
+    module = LohaModule(**t)
+    if config and config.get("peft_type", "").upper() == "LOHA" and "alpha" not in group:
+        module.scale = _peft_lycoris_scale(path, name, group, config, module.rank)
+    else:
+        module.scale = _lycoris_scale(_alpha(path, group), module.rank)
+    return module
+
+
+def _nonzero_columns(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix.abs().amax(dim=0) != 0
+
+
+def _trim(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """a @ b with a's all-zero columns (and b's matching rows) left out: exact; None if a @ b is 0."""
+    keep = _nonzero_columns(a)
+    if not bool(keep.any()):
+        return None
+    if bool(keep.all()):
+        return a, b
+    return a[:, keep].contiguous(), b[keep].contiguous()
+
+
+def _split_fused(path: Path, name: str, module: AnyModule, group: dict) -> list[tuple[str, AnyModule]]:
+    """A fused `attention.qkv` module as its q, k, v parts; any other module as itself.
+
+    Each part keeps only the rank it uses: musubi's ComfyUI converter writes a block-diagonal B
+    (q's rows use only q's columns), so a part of a fused rank-3r LoRA has rank r again. Leaving
+    out columns of B that are all zero is exact whatever the layout.
+    """
+    suffix = name.split(".", 2)[-1]  # `attention.qkv` of `layers.3.attention.qkv`
+    if suffix == _FUSED_OUT:
+        return [(name.replace(_FUSED_OUT, COMPONENTS["to_out"]), module)]
+    if suffix != _FUSED_QKV:
+        return [(name, module)]
+    rows = module.shape[0]
+    if rows % 3:
+        raise UserError(f"{path}: fused '{group['keys'][0]}' has {rows} output rows, not 3 equal parts (q, k, v)")
+    parts = []
+    for index, component in enumerate(("to_q", "to_k", "to_v")):
+        part = _fused_part(path, module, index, group)
+        if part is not None:
+            parts.append((name.replace(_FUSED_QKV, COMPONENTS[component]), part))
+    return parts
+
+
+def _fused_part(path: Path, module: AnyModule, index: int, group: dict) -> AnyModule | None:
+    if module.kind == "lora":
+        trimmed = _trim(module.up.chunk(3, dim=0)[index], module.down)
+        return None if trimmed is None else LoraModule(trimmed[1], trimmed[0], module.scale)
+    if module.kind == "loha":
+        one = _trim(module.w1_a.chunk(3, dim=0)[index], module.w1_b)
+        two = _trim(module.w2_a.chunk(3, dim=0)[index], module.w2_b)
+        if one is None or two is None:
+            return None
+        return LohaModule(one[0], one[1], two[0], two[1], module.scale)
+    # LoKr: rows of kron(w1, w2) in thirds are kron(w1's rows in thirds, w2) when w1's rows split in 3
+    if module.factor_shape(1)[0] % 3 == 0:
+        if module.w1 is not None:
+            return LokrModule(w1=module.w1.chunk(3, dim=0)[index].contiguous(), w2=module.w2, w2_a=module.w2_a,
+                              w2_b=module.w2_b, scale=module.scale)
+        return LokrModule(w1_a=module.w1_a.chunk(3, dim=0)[index].contiguous(), w1_b=module.w1_b, w2=module.w2,
+                          w2_a=module.w2_a, w2_b=module.w2_b, scale=module.scale)
+    # otherwise a third of the rows is no Kronecker product: its delta as an exact-rank LoRA (float64 SVD)
+    part = module.delta(torch.float64).chunk(3, dim=0)[index]
+    u, s, vh = torch.linalg.svd(part, full_matrices=False)
+    keep = int((s > s.max() * 1e-12).sum()) if s.numel() and float(s.max()) > 0 else 0
+    if keep == 0:
+        return None
+    root = s[:keep].sqrt()
+    return LoraModule((root[:, None] * vh[:keep]).float(), (u[:, :keep] * root).float(), 1.0)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -274,48 +548,78 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return tensor.numel() == 0 or bool(torch.isfinite(tensor.abs().amax()))
 
 
-def _add(path: Path, modules: dict[str, LoraModule], module_path: str, module: LoraModule, source: str) -> None:
+def _add(path: Path, modules: dict[str, AnyModule], module_path: str, module: AnyModule, source: str) -> None:
     parsed = parse_module(module_path)
-    count = REFINERS.get(parsed.block, N_LAYERS)
-    if parsed.index >= count:
-        raise UserError(f"{path}: {source} is outside Z-Image ({parsed.block} has {count} blocks, 0-{count - 1})")
-    if parsed.block == "context_refiner" and parsed.component == "adaLN":
-        raise UserError(f"{path}: {source}: context_refiner blocks have no adaLN in Z-Image; not a Z-Image LoRA")
+    if parsed.block != OTHER:
+        count = REFINERS.get(parsed.block, N_LAYERS)
+        if parsed.index >= count:
+            raise UserError(f"{path}: {source} is outside Z-Image ({parsed.block} has {count} blocks, 0-{count - 1})")
+        if parsed.block == "context_refiner" and parsed.component == "adaLN":
+            raise UserError(f"{path}: {source}: context_refiner blocks have no adaLN in Z-Image; not a Z-Image LoRA")
     if module_path in modules:
         raise UserError(f"{path}: {module_path} is given twice (as {source} and under another name, e.g. fused "
                         f"qkv next to to_q/to_k/to_v); keep one form")
     modules[module_path] = module
 
 
-def _implied_width(component: str, module: LoraModule) -> int:
-    """The width D this module's shapes imply."""
-    if component == "adaLN":
-        return module.up.shape[0] // 4
-    if component == "w2":
-        return module.up.shape[0]
-    return module.down.shape[1]
+# -- widths --------------------------------------------------------------------------------------
+def _implied_width(module_path: str, shape: tuple[int, int]) -> int | None:
+    """The width D this module's shape implies (None for modules whose shape does not say)."""
+    module = parse_module(module_path)
+    out_features, in_features = shape
+    if module.block == OTHER:
+        return other_width_side(module_path, out_features, in_features)
+    if module.component == "adaLN":
+        return out_features // 4
+    if module.component == "w2":
+        return out_features
+    return in_features
 
 
-def _infer_dim(modules: dict[str, LoraModule]) -> int:
+def _infer_dim(modules: dict[str, AnyModule]) -> int:
     """The width most modules imply; _check_shapes then names any module that disagrees."""
-    votes = Counter(_implied_width(parse_module(p).component, m) for p, m in modules.items())
-    return votes.most_common(1)[0][0]
+    votes = Counter(w for p, m in modules.items() if (w := _implied_width(p, m.shape)) is not None)
+    if votes:
+        return votes.most_common(1)[0][0]
+    small = [m.shape[0] for p, m in modules.items() if p == "t_embedder.mlp.2"]
+    return small[0] if small and small[0] < 256 else ZIMAGE_TURBO_DIM
 
 
-def _check_shapes(path: Path, modules: dict[str, LoraModule], dim: int) -> None:
+def _expected_other_shape(module_path: str, dim: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """(out, in) of a module outside the blocks; sides that do not depend on D are taken as given."""
+    out_features, in_features = shape
+    return {
+        "t_embedder.mlp.0": (1024, 256),
+        "t_embedder.mlp.2": (min(dim, 256), 1024),
+        "cap_embedder.1": (dim, in_features),
+        "all_x_embedder.2-1": (dim, in_features),
+        "all_final_layer.2-1.linear": (out_features, dim),
+        "all_final_layer.2-1.adaLN_modulation.1": (dim, min(dim, 256)),
+    }[module_path]
+
+
+def _check_shapes(path: Path, modules: dict[str, AnyModule], dim: int) -> None:
     for module_path, module in modules.items():
-        component = parse_module(module_path).component
-        out_features, in_features = expected_shape(component, dim)
-        got = (module.up.shape[0], module.down.shape[1])
-        if got != (out_features, in_features):
+        parsed = parse_module(module_path)
+        if parsed.block == OTHER:
+            want = _expected_other_shape(module_path, dim, module.shape)
+        else:
+            want = expected_shape(parsed.component, dim)
+        got = tuple(module.shape)
+        if got != tuple(want):
             raise UserError(
                 f"{path}: {module_path} maps {got[1]}->{got[0]} features but a Z-Image transformer of width {dim} "
-                f"(inferred from the other modules) has {in_features}->{out_features}; the file is not a Z-Image "
+                f"(inferred from the other modules) has {want[1]}->{want[0]}; the file is not a Z-Image "
                 f"LoRA or is damaged")
 
 
 def model_order(module_path: str) -> tuple:
-    """Sort key: refiners first, then layers, each block's components in COMPONENTS order."""
+    """Sort key: the embedders, refiners, then layers (each block's components in COMPONENTS order),
+    then the final layer: the order of the model's forward pass."""
     module = parse_module(module_path)
+    if module.block == OTHER:
+        names = list(OTHER_MODULES)
+        final = module_path.startswith("all_final_layer")
+        return (3 if final else -1), names.index(module_path), 0
     order = {"noise_refiner": 0, "context_refiner": 1, "layers": 2}
     return order[module.block], module.index, list(COMPONENTS).index(module.component)

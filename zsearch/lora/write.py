@@ -132,10 +132,17 @@ def merge_metadata(recipe: Recipe, output: str | os.PathLike, **extra: object) -
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a LoRA file; of a PEFT/diffusers folder, of its files that make up the LoRA, in order."""
+    path = Path(path)
+    files = [path]
+    if path.is_dir():
+        files = [path / name for name in ("adapter_model.safetensors", "adapter_config.json",
+                                          "pytorch_lora_weights.safetensors") if (path / name).is_file()]
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
+    for file in files:
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

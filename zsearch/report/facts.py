@@ -7,69 +7,19 @@ treated as absent rather than crashing the morning's reading.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-SCREEN_ROLE = "screen"
+from ..search import records
+from ..search.records import Noise, ScreenRow, Validation, ValidationRow, is_screening, trial_score
+from ..search.stats import Comparison
 
-
-def trial_score(trial: FrozenTrial) -> Optional[float]:
-    """The trial's score: the `score` user attr (the weighted sum), else its first value."""
-    value = trial.user_attrs.get("score")
-    if _is_number(value):
-        return float(value)
-    if trial.values:
-        return float(trial.values[0])
-    return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _mapping(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-@dataclass
-class Noise:
-    mean: float
-    std: float
-    scores: list[float]
-
-
-@dataclass
-class ValidationRow:
-    trial: int
-    train: float
-    validation: float
-    baseline: bool
-
-    @property
-    def gap(self) -> float:
-        return self.train - self.validation
-
-
-@dataclass
-class Validation:
-    rows: list[ValidationRow]
-    chosen: Optional[int]
-    baseline: Optional[float]  # the baseline's validation score
-    seeds: list[int]
-    prompts: Optional[int]  # how many validation prompts
-
-
-@dataclass
-class ScreenRow:
-    low: Optional[float]  # score with the parameter at its low end (others at baseline)
-    high: Optional[float]
-    effect: float
-    frozen: bool
+__all__ = ["StudyFacts", "gather", "duration", "trial_score", "is_screening", "Noise", "ScreenRow",
+           "Validation", "ValidationRow"]
 
 
 @dataclass
@@ -97,7 +47,12 @@ class StudyFacts:
 
     @property
     def complete(self) -> list[FrozenTrial]:
-        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+        """Complete and fully evaluated (partial trials, stopped by the pruner, are left out)."""
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and not records.is_partial(t)]
+
+    @property
+    def partial(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and records.is_partial(t)]
 
     def score(self, trial: Optional[FrozenTrial]) -> Optional[float]:
         return trial_score(trial) if trial is not None else None
@@ -114,6 +69,21 @@ class StudyFacts:
             return None
         return self.gain / self.noise.std
 
+    @property
+    def comparison(self) -> tuple[Optional[Comparison], Optional[str]]:
+        """The best's gain over the baseline, paired per job, and where it was measured:
+        "validation" (held-out jobs, unbiased) when validation is current, else "training"."""
+        if self.best is None or self.baseline is None:
+            return None, None
+        if self.validation is not None and self.validation_current:
+            gain = self.validation.gain(self.best.number)
+            if gain is not None:
+                return gain, "validation"
+        if self.best.number == self.baseline.number:
+            return None, None
+        gain = records.gain_over(self.best, self.baseline)
+        return (gain, "training") if gain is not None else (None, None)
+
     def validation_row(self, trial: Optional[FrozenTrial]) -> Optional[ValidationRow]:
         if trial is None or self.validation is None:
             return None
@@ -122,28 +92,24 @@ class StudyFacts:
     def weighted(self, trial: FrozenTrial) -> float:
         """A Pareto trial's single number: the objective's weighted sum of (style, prompt)."""
         score = trial_score(trial)
-        if "score" in trial.user_attrs and score is not None:
+        if records.SCORE in trial.user_attrs and score is not None:
             return score
         w_style, w_prompt = self.objective_weights
         return w_style * trial.values[0] + w_prompt * trial.values[1]
-
-
-def is_screening(trial: FrozenTrial) -> bool:
-    return str(trial.user_attrs.get("role", "")).startswith(SCREEN_ROLE)
 
 
 def gather(study: optuna.Study, objective_weights: tuple[float, float] = (1.0, 0.3)) -> StudyFacts:
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
     pareto = len(study.directions) > 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    baseline = next((t for t in complete if t.user_attrs.get("role") == "baseline"), None)
+    complete = [t for t in records.candidates(trials) if t.values]
+    baseline = records.baseline_of(complete)
 
     facts = StudyFacts(
         name=study.study_name, pareto=pareto, metric_names=_metric_names(study, pareto),
-        objective_weights=objective_weights, trials=trials, space=_space(attrs.get("space")),
-        prompts=_prompts(attrs.get("fingerprint")), noise=_noise(attrs.get("noise")),
-        screening=_screening(attrs.get("screening")), validation=_validation(attrs.get("validation")),
+        objective_weights=objective_weights, trials=trials, space=_space(attrs.get(records.SPACE)),
+        prompts=_prompts(attrs.get(records.FINGERPRINT)), noise=records.read_noise(study),
+        screening=records.read_screening(study), validation=records.read_validation(study),
         baseline=baseline, train_best=None, best=None, validation_current=False)
     if complete:
         if pareto:
@@ -172,68 +138,23 @@ def _metric_names(study: optuna.Study, pareto: bool) -> list[str]:
 
 def _space(raw: Any) -> dict[str, tuple[float, float]]:
     out = {}
-    for name, bounds in _mapping(raw).items():
-        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(map(_is_number, bounds)):
+    for name, bounds in (raw if isinstance(raw, dict) else {}).items():
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(map(records.is_number, bounds)):
             out[str(name)] = (float(bounds[0]), float(bounds[1]))
     return out
 
 
 def _prompts(fingerprint: Any) -> list[str]:
-    prompts = _mapping(fingerprint).get("prompts")
+    prompts = (fingerprint if isinstance(fingerprint, dict) else {}).get("prompts")
     return [str(p) for p in prompts] if isinstance(prompts, list) else []
-
-
-def _noise(raw: Any) -> Optional[Noise]:
-    raw = _mapping(raw)
-    scores = [float(s) for s in raw.get("scores", []) if _is_number(s)] if isinstance(raw.get("scores"), list) else []
-    std = raw.get("std")
-    if not _is_number(std):
-        if len(scores) < 2:
-            return None
-        std = statistics.stdev(scores)
-    mean = raw.get("mean")
-    if not _is_number(mean):
-        mean = statistics.fmean(scores) if scores else float("nan")
-    return Noise(mean=float(mean), std=float(std), scores=scores)
-
-
-def _screening(raw: Any) -> dict[str, ScreenRow]:
-    out = {}
-    for name, row in _mapping(raw).items():
-        row = _mapping(row)
-        low, high = row.get("low"), row.get("high")
-        effect = row.get("effect")
-        if not _is_number(effect):
-            continue
-        out[str(name)] = ScreenRow(low=float(low) if _is_number(low) else None,
-                                   high=float(high) if _is_number(high) else None,
-                                   effect=float(effect), frozen=bool(row.get("frozen", False)))
-    return out
-
-
-def _validation(raw: Any) -> Optional[Validation]:
-    raw = _mapping(raw)
-    rows = []
-    for row in raw.get("rows", []) if isinstance(raw.get("rows"), list) else []:
-        row = _mapping(row)
-        if isinstance(row.get("trial"), int) and _is_number(row.get("train")) and _is_number(row.get("validation")):
-            rows.append(ValidationRow(trial=row["trial"], train=float(row["train"]),
-                                      validation=float(row["validation"]), baseline=bool(row.get("baseline"))))
-    if not rows:
-        return None
-    chosen = raw.get("chosen") if isinstance(raw.get("chosen"), int) else None
-    baseline = raw.get("baseline")
-    if not _is_number(baseline):
-        baseline = next((r.validation for r in rows if r.baseline), None)
-    seeds = [s for s in raw.get("seeds", []) if isinstance(s, int)] if isinstance(raw.get("seeds"), list) else []
-    prompts = raw.get("prompts") if isinstance(raw.get("prompts"), int) else None
-    return Validation(rows=rows, chosen=chosen, baseline=baseline, seeds=seeds, prompts=prompts)
 
 
 def _timing(facts: StudyFacts) -> None:
     states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
               "running": TrialState.RUNNING, "waiting": TrialState.WAITING}
     facts.counts = {key: sum(t.state == state for t in facts.trials) for key, state in states.items()}
+    facts.counts["partial"] = len(facts.partial)
+    facts.counts["complete"] -= facts.counts["partial"]
     facts.screening_trials = sum(is_screening(t) for t in facts.trials if t.state == TrialState.COMPLETE)
     starts = [t.datetime_start for t in facts.trials if t.datetime_start]
     ends = [t.datetime_complete for t in facts.trials if t.datetime_complete]
@@ -242,12 +163,12 @@ def _timing(facts: StudyFacts) -> None:
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in facts.complete
                  if t.datetime_start and t.datetime_complete]
     facts.trial_seconds = statistics.fmean(durations) if durations else None
-    facts.workers = len({w for t in facts.trials  # user attr now; system attr in older studies
-                         if (w := t.user_attrs.get("zsearch.worker") or t.system_attrs.get("zsearch.worker"))})
+    facts.workers = len({w for t in facts.trials  # a user attr; a system attr in older studies
+                         if (w := t.user_attrs.get(records.WORKER) or t.system_attrs.get(records.WORKER))})
     reasons: dict[str, int] = {}
     for t in facts.trials:
         if t.state == TrialState.FAIL:
-            reason = str(t.user_attrs.get("fail_reason") or "no reason recorded")
+            reason = str(t.user_attrs.get(records.FAIL_REASON) or "no reason recorded")
             reasons[reason] = reasons.get(reason, 0) + 1
     facts.fail_reasons = reasons
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 from optuna.trial import FrozenTrial
 
+from ..search import records, stats
 from . import plots
 from .facts import StudyFacts, duration, trial_score
 from .page import Block, Heading, Image, Para, Table
@@ -63,12 +64,15 @@ def summary(facts: StudyFacts, config_path: str, best_yaml_trial: Optional[int],
 
 def _trials_sentence(facts: StudyFacts) -> str:
     c = facts.counts
-    finished = c["complete"] + c["pruned"] + c["failed"]
+    finished = c["complete"] + c.get("partial", 0) + c["pruned"] + c["failed"]
     if not facts.trials:
         return f"Study `{facts.name}` has no trials yet."
     parts = [f"{c['complete']} complete" + (f" ({facts.screening_trials} of them screening)"
                                             if facts.screening_trials else ""),
              f"{c['pruned']} pruned", f"{c['failed']} failed"]
+    if c.get("partial"):
+        parts.insert(1, f"{c['partial']} stopped early by the pruner (kept as partial: the sampler learns from "
+                        f"them, they are never picked)")
     text = f"Study `{facts.name}`: {finished} trials finished — {', '.join(parts)}"
     if facts.fail_reasons:
         text += " (" + "; ".join(f"{reason} ×{n}" for reason, n in facts.fail_reasons.items()) + ")"
@@ -106,6 +110,9 @@ def _gain_sentence(facts: StudyFacts) -> str:
                 f"the best.")
     gain = facts.gain
     text = f"{what} ({_trial(best)}) scores {f4(score)} vs {f4(trial_score(base))} for plain stacking ({signed(gain)}"
+    comparison, where = facts.comparison
+    if comparison is not None:
+        return text + "). " + paired_sentence(comparison, where)
     ratio = facts.gain_in_noise
     if ratio is None:
         return text + ")."
@@ -116,6 +123,24 @@ def _gain_sentence(facts: StudyFacts) -> str:
         text += "That is above the noise but within 2σ of it: suggestive, not conclusive."
     else:
         text += "That is within the noise: nothing clearly better than plain stacking was found."
+    return text
+
+
+VERDICT_WORDS = {
+    stats.CONCLUSIVE: "conclusive: a real improvement, not seed noise.",
+    stats.SUGGESTIVE: "suggestive, not conclusive: more prompts or seeds would settle it.",
+    stats.NO_GAIN: "no gain: nothing clearly better than plain stacking was found.",
+}
+
+
+def paired_sentence(c: stats.Comparison, where: str) -> str:
+    jobs = "held-out jobs (prompt × seed)" if where == "validation" else "training jobs (prompt × seed)"
+    text = (f"Paired job by job with the baseline over {c.jobs} {jobs}, the gain is {signed(c.gain)} "
+            f"(95 % interval {signed(c.low)} to {signed(c.high)}; signed-rank p = {c.p:.3g}): "
+            f"{VERDICT_WORDS[c.verdict]}")
+    if where == "training":
+        text += (" (Measured on the training jobs, where the best of many trials is favoured by luck; "
+                 "validation gives the unbiased figure.)")
     return text
 
 
@@ -158,7 +183,12 @@ def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
     return text
 
 
+def _interval(c: Optional[stats.Comparison]) -> str:
+    return f"{signed(c.gain)} ({signed(c.low)} to {signed(c.high)}), p = {c.p:.3g}" if c else "n/a"
+
+
 def _key_numbers(facts: StudyFacts) -> Table:
+    comparison, where = facts.comparison
     chosen = facts.validation_row(facts.best) if facts.validation_current else None
     rows = [
         ["best trial", str(facts.best.number) if facts.best else "n/a"],
@@ -167,10 +197,13 @@ def _key_numbers(facts: StudyFacts) -> Table:
         ["gain", signed(facts.gain) if facts.gain is not None else "n/a"],
         ["seed noise σ", f4(facts.noise.std) if facts.noise else "not measured"],
         ["gain / σ", f"{facts.gain_in_noise:.1f}" if facts.gain_in_noise is not None else "n/a"],
+        ["paired gain (95 % interval)", _interval(comparison)],
+        ["verdict", f"{comparison.verdict} (on {where} jobs)" if comparison else "n/a"],
         ["validation score (best)", f4(chosen.validation) if chosen else "n/a"],
         ["validation score (baseline)", f4(facts.validation.baseline) if facts.validation else "n/a"],
         ["trials complete / pruned / failed",
-         f"{facts.counts['complete']} / {facts.counts['pruned']} / {facts.counts['failed']}"],
+         f"{facts.counts['complete']} / {facts.counts['pruned'] + facts.counts.get('partial', 0)} / "
+         f"{facts.counts['failed']}"],
         ["wall time", duration(facts.wall_seconds)],
     ]
     return Table(["", "value"], rows)
@@ -352,7 +385,7 @@ def grid(facts: StudyFacts, best_png: Optional[Path], config_path: str) -> list[
 
 def _per_prompt(facts: StudyFacts) -> Optional[Table]:
     def scores(trial):
-        values = trial.user_attrs.get("per_prompt") if trial is not None else None
+        values = trial.user_attrs.get(records.PER_PROMPT) if trial is not None else None
         return values if isinstance(values, list) else None
 
     best, base = scores(facts.best), scores(facts.baseline)

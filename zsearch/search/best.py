@@ -25,28 +25,28 @@ from ..lora.merge import merge_recipe
 from ..lora.write import merge_metadata, save_lora
 from ..provenance import provenance_metadata
 from ..recipe import Recipe, save_recipe
+from . import records
+from .records import trial_score
 from .space import SearchSpace
-from .study import baseline_trial
 from .trust import validated_best
 
-GRID_ATTR = "grid_artifact"  # every trial: a thumbnail grid (JPEG)
-FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, top trials: full size (PNG)
+GRID_ATTR = records.GRID  # every trial: a thumbnail grid (JPEG)
+FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, the top trials: full size (PNG)
 
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
     """The best complete trial: the top score (on a Pareto front the best weighted sum), or the
-    validation's choice among the top trials once validation has run."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+    validation's choice among the top trials once validation has run. Partial (pruned) trials
+    are never picked."""
+    complete = records.candidates(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if not complete:
         return None
     if config.objective.pareto:  # the front member with the best weighted score
-        train_best = max(study.best_trials, key=trial_score)
+        front = [t for t in study.best_trials if records.can_be_best(t)] or complete
+        train_best = max(front, key=trial_score)
     else:
-        train_best = study.best_trial
+        train_best = max(complete, key=trial_score)  # the first of equal scores, as Optuna picks
     return validated_best(study, train_best)
-
-
-def trial_score(trial: FrozenTrial) -> float:
-    return float(trial.user_attrs.get("score", trial.values[0]))
 
 
 @contextmanager
@@ -66,18 +66,25 @@ def _written(path: Path) -> Optional[tuple[int, dict]]:
 
 
 def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
-    """Train, validation, baseline and noise figures of a trial, as far as they are known."""
-    baseline = baseline_trial(study)
-    scores = {"train": trial_score(trial), "baseline": trial_score(baseline) if baseline else None}
-    noise = study.user_attrs.get("noise")
+    """Train, validation, baseline and noise figures of a trial, as far as they are known, and its
+    gain over the baseline judged paired per job: on the held-out jobs once validated (the
+    unbiased figure), else on the training jobs (biased upward: the best of many trials)."""
+    baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    scores = {"train": trial_score(trial), "baseline": trial_score(baseline)}
+    noise = records.read_noise(study)
     if noise:
-        scores["noise_std"] = noise["std"]
-    record = study.user_attrs.get("validation") or {}
-    for row in record.get("rows", []):
-        if row["trial"] == trial.number:
-            scores["validation"] = row["validation"]
-        if row["baseline"]:
-            scores["baseline_validation"] = row["validation"]
+        scores["noise_std"] = noise.std
+    validation = records.read_validation(study)
+    row = validation.row(trial.number) if validation else None
+    gain, where = (validation.gain(trial.number), "validation") if row else (None, None)
+    if row:
+        scores["validation"] = row.validation
+        if validation.baseline is not None:
+            scores["baseline_validation"] = validation.baseline
+    if gain is None and baseline is not None and baseline.number != trial.number:
+        gain, where = records.gain_over(trial, baseline), "training"
+    if gain is not None:
+        scores["gain"] = {**gain.to_dict(), "on": where}
     return scores
 
 
@@ -127,7 +134,7 @@ def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
 
 def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
     rows = []
-    baseline = baseline_trial(study)
+    baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for label, trial in (("baseline", baseline), (f"best (trial {best.number})", best)):
         grid = _load_grid(store, trial)
         if grid is not None:

@@ -1,10 +1,14 @@
 """One evaluation of a weighting: set it, render every (prompt, seed) job, score the renders.
 
-Scores are reported prompt by prompt, so a pruner can stop a hopeless trial early.
+Scores are reported job by job (prompt × seed), in an order shuffled per trial, so a pruner's
+paired test gets one sample per job and sees every prompt early; `stop()` is asked after each
+render batch and ends the evaluation there (the jobs not run are NaN).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -22,24 +26,34 @@ class TrialFailed(Exception):
 
 @dataclass
 class Evaluation:
-    style: list[float]  # per prompt, mean over seeds
+    style: list[float]  # per prompt, mean over the seeds it ran
     prompt: list[float]
     combined: list[float]  # per prompt, weighted by the objective
     identity: Optional[list[float]]  # per prompt, when an identity scorer is configured
-    images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed
+    images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed; black = not rendered
     seconds: dict[str, float] = field(default_factory=dict)
+    jobs: list[float] = field(default_factory=list)  # combined score per job, job order; NaN = not run
 
     @property
     def mean_style(self) -> float:
-        return sum(self.style) / len(self.style)
+        return _nanmean(self.style)
 
     @property
     def mean_prompt(self) -> float:
-        return sum(self.prompt) / len(self.prompt)
+        return _nanmean(self.prompt)
 
     @property
     def value(self) -> float:
-        return sum(self.combined) / len(self.combined)
+        """The mean combined score over the jobs that ran (all of them unless stopped early)."""
+        return _nanmean(self.jobs) if self.jobs else _nanmean(self.combined)
+
+    @property
+    def jobs_run(self) -> int:
+        return sum(not math.isnan(x) for x in self.jobs)
+
+    @property
+    def partial(self) -> bool:
+        return self.jobs_run < len(self.jobs)
 
 
 @dataclass
@@ -68,23 +82,34 @@ class Evaluator:
         self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)
         self._local = {prompt: i for i, prompt in enumerate(self.prompts)}  # prompt -> row of the scores
 
-    def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None) -> Evaluation:
-        """`report(prompt_index, combined_score)` is called as each prompt completes; it may raise."""
+    def order(self, order_seed: Optional[int]) -> list[int]:
+        """The job indices in evaluation order: as listed, or shuffled by `order_seed` (a trial number)."""
+        order = list(range(len(self.jobs)))
+        if order_seed is not None:
+            random.Random(order_seed).shuffle(order)
+        return order
+
+    def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None,
+                 stop: Optional[Callable[[], bool]] = None, order_seed: Optional[int] = None) -> Evaluation:
+        """Render and score every job of `recipe`.
+
+        `report(job_index, combined_score)` is called as each job is scored (job_index in the
+        canonical order, so the same step means the same job in every trial); it may raise.
+        `stop()`, asked after each render batch, ends the evaluation early when it returns True.
+        """
         render, weights = self.config.render, self.config.objective
         seconds = {"set": 0.0, "render": 0.0, "score": 0.0}
         start = time.perf_counter()
         self.engine.set_recipe(recipe)
         seconds["set"] = time.perf_counter() - start
 
-        n_prompts = len(self.prompts)
-        style = [[] for _ in range(n_prompts)]
-        prompt = [[] for _ in range(n_prompts)]
-        identity = [[] for _ in range(n_prompts)]
-        per_prompt_jobs = len(self.jobs) // n_prompts
-        combined: list[float] = [float("nan")] * n_prompts
-        images = []
-        for at in range(0, len(self.jobs), render.batch):
-            chunk = self.jobs[at:at + render.batch]
+        n_jobs = len(self.jobs)
+        style, prompt, identity, combined = ([math.nan] * n_jobs for _ in range(4))
+        images: list[Optional[torch.Tensor]] = [None] * n_jobs
+        order = self.order(order_seed)
+        for at in range(0, n_jobs, render.batch):
+            indices = order[at:at + render.batch]
+            chunk = [self.jobs[i] for i in indices]
             start = time.perf_counter()
             try:
                 batch = self.engine.render(chunk, steps=render.steps, width=render.width,
@@ -98,22 +123,30 @@ class Evaluator:
             scores = self.scorer.score(batch, [job.prompt for job in chunk])
             ids = self.identity.score(batch)["identity"].tolist() if self.identity else [0.0] * len(chunk)
             seconds["score"] += time.perf_counter() - start
-            images.append(batch.detach().float().cpu())
-            for job, s, p, d in zip(chunk, scores["style"].tolist(), scores["prompt"].tolist(), ids):
-                i = self._local[job.prompt]
-                style[i].append(s)
-                prompt[i].append(p)
-                identity[i].append(d)
-                if len(style[i]) == per_prompt_jobs:
-                    combined[i] = weights.style * _mean(style[i]) + weights.prompt * _mean(prompt[i])
-                    if self.identity:
-                        combined[i] += self.config.identity.weight * _mean(identity[i])
-                    if report is not None:
-                        report(i, combined[i])
-        return Evaluation(style=[_mean(s) for s in style], prompt=[_mean(p) for p in prompt],
-                          combined=combined, images=torch.cat(images), seconds=seconds,
-                          identity=[_mean(d) for d in identity] if self.identity else None)
+            for k, (i, s, p, d) in enumerate(zip(indices, scores["style"].tolist(), scores["prompt"].tolist(), ids)):
+                images[i] = batch[k].detach().float().cpu()
+                style[i], prompt[i], identity[i] = s, p, d
+                combined[i] = weights.style * s + weights.prompt * p
+                if self.identity:
+                    combined[i] += self.config.identity.weight * d
+                if report is not None:
+                    report(i, combined[i])
+            if stop is not None and at + render.batch < n_jobs and stop():
+                break
+        blank = torch.zeros_like(next(im for im in images if im is not None))
+        return Evaluation(style=self._per_prompt(style), prompt=self._per_prompt(prompt),
+                          combined=self._per_prompt(combined),
+                          identity=self._per_prompt(identity) if self.identity else None,
+                          images=torch.stack([blank if im is None else im for im in images]),
+                          seconds=seconds, jobs=combined)
+
+    def _per_prompt(self, per_job: list[float]) -> list[float]:
+        rows: list[list[float]] = [[] for _ in self.prompts]
+        for job, value in zip(self.jobs, per_job):
+            rows[self._local[job.prompt]].append(value)
+        return [_nanmean(row) for row in rows]
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import optuna
 from optuna.artifacts import upload_artifact
@@ -11,7 +12,8 @@ from optuna.trial import TrialState
 
 from ..config import Config
 from ..grid import job_grid, save_jpeg, save_png, shrink
-from .best import FULL_GRID_ATTR, GRID_ATTR, trial_score
+from . import pruning, records
+from .best import FULL_GRID_ATTR as FULL_GRID
 from .evaluate import Evaluation, Evaluator, TrialFailed
 from .space import SearchSpace
 from .workers import WORKER_ATTR, WORKER_ID
@@ -27,39 +29,33 @@ class Objective:
 
         # Optuna prunes single-objective studies only; and the baseline, screening and start
         # points are measurements the study relies on, so they report but always run to the end.
-        prunable = "role" not in trial.user_attrs
-
-        def report(prompt_index: int, score: float) -> None:
-            trial.report(score, step=prompt_index)
-            if prunable and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after prompt {prompt_index}")
-
+        # Jobs are reported one by one in a per-trial shuffled order; a trial the pruner stops
+        # completes with a paired stand-in score, marked partial (pruning.py).
+        prunable = records.ROLE not in trial.user_attrs
         try:
-            evaluation = self.evaluator.evaluate(recipe, report=None if self.config.objective.pareto else report)
+            evaluation = pruning.evaluate_trial(trial, self.evaluator, recipe, prunable,
+                                                report=not self.config.objective.pareto)
         except TrialFailed as exc:
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(records.FAIL_REASON, str(exc))
             raise
-        trial.set_user_attr("score", evaluation.value)
-        trial.set_user_attr("per_prompt", evaluation.combined)
-        trial.set_user_attr("style", evaluation.mean_style)
-        trial.set_user_attr("prompt", evaluation.mean_prompt)
-        if evaluation.identity is not None:
-            trial.set_user_attr("identity", sum(evaluation.identity) / len(evaluation.identity))
-        trial.set_user_attr("seconds", {k: round(v, 4) for k, v in evaluation.seconds.items()})
-        self._upload_grid(trial, evaluation)
+        value = pruning.stand_in_value(self.study, evaluation) if evaluation.partial else evaluation.value
+        records.write_evaluation(trial, evaluation, value)
+        self._upload_grid(trial, evaluation, None if evaluation.partial else value)
         if self.config.objective.pareto:
             return evaluation.mean_style, evaluation.mean_prompt
-        return evaluation.value
+        return value
 
-    def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation) -> None:
+    def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation, score: Optional[float]) -> None:
         """Every trial: a thumbnail grid for the dashboard (<= 256 px an image, JPEG). The
         baseline, start points and trials among the top ones so far: also the full-size PNG, which
-        best.png and the report show (a trial in the final top is in the top when it finishes)."""
+        best.png and the report show (a trial in the final top is in the top when it finishes).
+        `score` is None for a trial that can never be a best (a pruned, partial one)."""
         n_prompts = len(self.evaluator.prompts)
-        self._upload(trial, GRID_ATTR, job_grid(shrink(evaluation.images), n_prompts), "jpg")
-        if self._keeps_full_size(trial, evaluation.value):
-            self._upload(trial, FULL_GRID_ATTR, job_grid(evaluation.images, n_prompts), "png")
-            self._drop_full_size_outside_the_top(evaluation.value)
+        self._upload(trial, records.GRID, job_grid(shrink(evaluation.images), n_prompts), "jpg")
+        if self._keeps_full_size(trial, score):
+            self._upload(trial, FULL_GRID, job_grid(evaluation.images, n_prompts), "png")
+            if score is not None:
+                self._drop_full_size_outside_the_top(score)
 
     def _upload(self, trial: optuna.Trial, attr: str, image, kind: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -72,32 +68,34 @@ class Objective:
     def _keep(self) -> int:
         return self.config.validation.top_k + 1  # the validated candidates, and the best
 
-    def _keeps_full_size(self, trial: optuna.Trial, score: float) -> bool:
+    def _top_scores(self) -> list[float]:
+        scores = (records.trial_score(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if not t.user_attrs.get(records.PARTIAL))
+        return sorted((s for s in scores if s is not None), reverse=True)
+
+    def _keeps_full_size(self, trial: optuna.Trial, score: Optional[float]) -> bool:
         if _measured_point(trial.user_attrs):
             return True
-        scores = sorted((trial_score(t) for t in self._complete()), reverse=True)
+        if score is None:
+            return False
+        scores = self._top_scores()
         return len(scores) < self._keep() or score >= scores[self._keep() - 1]
 
     def _drop_full_size_outside_the_top(self, new_score: float) -> None:
         """Full-size grids of trials pushed out of the top: removed, so a night stays small
         (their thumbnails remain; best.png falls back to them)."""
-        ranked = sorted(self._complete(), key=trial_score, reverse=True)
-        scores = [trial_score(t) for t in ranked]
-        # The running trial counts too: it is about to complete with `new_score`.
-        cut = sorted([*scores, new_score], reverse=True)[:self._keep()][-1]
-        for old in ranked:
-            artifact = old.user_attrs.get(FULL_GRID_ATTR)
-            if artifact and trial_score(old) < cut and not _measured_point(old.user_attrs):
+        cut = sorted([*self._top_scores(), new_score], reverse=True)[:self._keep()][-1]
+        for old in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            artifact = old.user_attrs.get(FULL_GRID)
+            score = records.trial_score(old)
+            if artifact and not _measured_point(old.user_attrs) and (score is None or score < cut):
                 try:
                     self.store.remove(artifact)
                 except Exception:  # noqa: BLE001 - another worker removed it first
                     pass
 
-    def _complete(self):
-        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
 
 def _measured_point(attrs: dict) -> bool:
     """The baseline and the user's start points: their full-size pictures are always kept."""
-    role = attrs.get("role", "")
-    return role == "baseline" or role.startswith("start:")
+    role = attrs.get(records.ROLE, "")
+    return role == records.BASELINE_ROLE or str(role).startswith(f"{records.START_ROLE}:")

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import Config
+from ..engine.compile import planned_images
 from ..errors import UserError
 from .best import export_best, pick_best, trial_score
 from .evaluate import Evaluator, TrialFailed
@@ -55,7 +56,10 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
 
     with GracefulStop() as stop:
         say(f"loading {config.model} on {config.device} ...")
+        session.planned_images = planned_images(total - done, len(config.prompt_list) * len(config.seeds),
+                                                config.search.hours)
         engine, scorers = session.engine, session.scorers
+        say(engine.placement)
         if "noise" not in study.user_attrs and config.noise.repeats and not stop.requested:
             say(f"scoring the baseline on {config.noise.repeats + 1} seed sets (the noise band) ...")
         noise = None if stop.requested else measure_noise(config, study, session.space, engine, scorers)

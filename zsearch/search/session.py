@@ -24,13 +24,15 @@ def prepare(config: Config) -> None:
     check_setup(config)
 
 
-def load_engine(config: Config):
-    from ..engine import Engine
+def load_engine(config: Config, planned_images: int = 0):
+    from ..engine import Engine  # planned_images: what render.compile auto weighs the warm-up against
     from ..lora.read import load_loras
     loras = load_loras([lora.path for lora in config.loras])
     prompts = list(dict.fromkeys([*config.prompt_list, *config.validation_prompts]))
-    return Engine(config.model, loras, prompts, device=config.device,
-                  way=config.render.way, cache_dir=config.cache_dir)
+    r = config.render
+    return Engine(config.model, loras, prompts, device=config.device, way=r.way, cache_dir=config.cache_dir,
+                  memory=r.memory, compile=r.compile, planned_images=planned_images,
+                  render_size=(r.steps, r.width, r.height))
 
 
 def load_scorers(config: Config, device) -> Scorers:
@@ -52,6 +54,7 @@ class Session:
         import optuna
         optuna.logging.disable_default_handler()  # Optuna's stderr lines would break one-line errors
         self.config = config
+        self.planned_images = 0  # `zsearch run` sets it before the engine loads (render.compile auto)
         prepare(config)
 
     @cached_property
@@ -68,7 +71,7 @@ class Session:
 
     @cached_property
     def engine(self):
-        return load_engine(self.config)
+        return load_engine(self.config, self.planned_images)
 
     @cached_property
     def scorers(self) -> Scorers:

@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..fingerprint import FileHashes, same_measurement
 from ..recipe import load_recipe
 from .space import SearchSpace
+from .startup import SobolStartup
 from .trust import screening_values
 from .workers import WORKER_ATTR, WORKER_ID, is_dead
 
@@ -128,20 +129,29 @@ def artifact_store(config: Config) -> FileSystemArtifactStore:
 
 
 GP_MAX_PARAMS = 32  # beyond this a Gaussian process fits slowly and TPE is the better bet
+STARTUP_TRIALS = 10  # trials drawn from the start-up design before the GP fits (Optuna's default)
+STARTUP = "sobol"  # the start-up design: "sobol" or "random" (bench/search.py measures both)
 
 
-def make_sampler(config: Config, seed: int, n_params: int) -> optuna.samplers.BaseSampler:
+def sampler_name(config: Config, n_params: int) -> str:
+    """The sampler `auto` stands for: trials cost seconds to minutes, so sample efficiency rules
+    (bench/search.py: a GP reaches the known optimum in far fewer images than TPE or random)."""
     name = config.search.sampler
     if name == "auto":
-        # Trials cost seconds to minutes, so sample efficiency rules: on the known-optimum
-        # benchmark (bench/search.py) a GP reaches 99 % of the optimum in far fewer trials.
         name = "gp" if n_params <= GP_MAX_PARAMS else "tpe"
+    return name
+
+
+def make_sampler(config: Config, seed: int, n_params: int, startup: str = STARTUP,
+                 startup_trials: int = STARTUP_TRIALS) -> optuna.samplers.BaseSampler:
+    name = sampler_name(config, n_params)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=1)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        design = SobolStartup(n_params, seed=seed) if startup == "sobol" else None
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials, independent_sampler=design)
     # Multivariate TPE models the interactions between block weights; `group` lets it cope with
     # the smaller space left after screening freezes parameters.
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
@@ -149,9 +159,11 @@ def make_sampler(config: Config, seed: int, n_params: int) -> optuna.samplers.Ba
 
 
 def make_pruner(config: Config) -> optuna.pruners.BasePruner:
-    if not config.search.prune or config.objective.pareto or len(config.prompt_list) < 2:
+    if not config.search.prune or config.objective.pareto or len(config.seeds) * len(config.prompt_list) < 2:
         return optuna.pruners.NopPruner()
-    # Per-prompt scores are paired samples: the Wilcoxon test against the best trial suits them.
+    # Each job (prompt × seed) is one step, paired with the same job of the best trial: the
+    # Wilcoxon signed-rank test suits paired samples. A stopped trial completes as partial
+    # (pruning.py), so the sampler still learns from it.
     return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
 
 

@@ -1,36 +1,40 @@
 """What makes a search result trustworthy: score noise, held-out validation, screening.
 
-- noise: the baseline re-scored on extra seed sets; the standard deviation is the band any
-  improvement is compared with.
-- validation: the top-k trials and the baseline re-scored on held-out prompts/seeds; the best
-  outputs follow the validation score, so a weighting that only wins on the training seeds
-  is not picked.
-- screening: one-factor-at-a-time trials (each parameter at its low and high end); a
-  parameter whose effect stays within the noise band is frozen at its baseline value.
-All results are kept as study user attributes, so the report and other workers can read them.
+- noise: the baseline re-scored on extra seed sets; their spread shows how much a score moves
+  with the seeds (context for the reader; gains are judged paired, see stats.py).
+- validation: the top-k trials and the baseline re-scored on held-out prompts/seeds, per job;
+  the best outputs follow the validation score, and the chosen trial's gain is judged paired
+  with the baseline on the same held-out jobs.
+- screening: one-factor-at-a-time trials (each parameter at its low and high end), each end
+  compared with the baseline job by job; a parameter neither end of which differs is frozen at
+  its baseline value.
+All results are kept as study user attributes (records.py), so the report and other workers can
+read them.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 from typing import Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config
+from . import records, stats
 from .evaluate import Evaluator, TrialFailed
 from .space import SearchSpace
 
-SCREEN_ROLE = "screen"
+SCREEN_ROLE = records.SCREEN_ROLE
+SCREEN_KEEP_P = 0.25  # a screening end this likely to differ from the baseline (two-sided) keeps its parameter
 log = logging.getLogger("zsearch")
 
 
 def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
     """Score the baseline on the training seeds and on `noise.repeats` extra seed sets."""
-    if "noise" in study.user_attrs:
-        return study.user_attrs["noise"]
+    recorded = records.read_noise(study)
+    if recorded is not None:
+        return recorded.to_dict()
     if config.noise.repeats == 0:
         return None
     baseline = space.recipe(space.baseline())
@@ -40,51 +44,47 @@ def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engin
     except TrialFailed as exc:
         log.warning("noise not measured: the baseline render failed (%s)", exc)
         return None
-    noise = {"mean": statistics.fmean(scores), "std": statistics.stdev(scores), "scores": scores,
-             "seed_sets": seed_sets}
-    study.set_user_attr("noise", noise)
-    return noise
+    noise = records.noise_from_scores(scores, seed_sets)
+    records.write_noise(study, noise)
+    return noise.to_dict()
 
 
 def noise_std(study: optuna.Study) -> Optional[float]:
-    noise = study.user_attrs.get("noise")
-    return noise["std"] if noise else None
+    noise = records.read_noise(study)
+    return noise.std if noise else None
 
 
 # ---------------------------------------------------------------- validation
 
-def _score(trial: FrozenTrial) -> float:
-    return float(trial.user_attrs.get("score", trial.values[0] if trial.values else float("nan")))
-
-
 def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
     """Re-score the baseline and the top-k trials on the validation set; record and return it.
 
+    Every row keeps its per-job held-out scores, so the chosen trial's gain is judged paired
+    with the baseline on the same held-out jobs. Partial (pruned) trials are never validated.
     None when there is nothing to validate (no complete trial, or every render failed).
     """
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    baseline = next((t for t in complete if t.user_attrs.get("role") == "baseline"), None)
-    ranked = sorted((t for t in complete if t is not baseline), key=_score, reverse=True)
+    complete = records.candidates(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    baseline = records.baseline_of(complete)
+    ranked = sorted((t for t in complete if t is not baseline), key=records.trial_score, reverse=True)
     candidates = ([baseline] if baseline else []) + ranked[:config.validation.top_k]
     seeds = config.validation.seeds_for(config.seeds)
     evaluator = Evaluator(config, engine, scorers, prompts=config.validation_prompts, seeds=seeds)
     rows = []
     for trial in candidates:
         try:
-            value = evaluator.evaluate(space.recipe(trial.params)).value
+            evaluation = evaluator.evaluate(space.recipe(trial.params))
         except TrialFailed as exc:
             log.warning("validation of trial %d failed: %s", trial.number, exc)
             continue
-        rows.append({"trial": trial.number, "train": _score(trial), "validation": value,
-                     "gap": _score(trial) - value, "baseline": trial is baseline})
+        rows.append(records.ValidationRow(trial=trial.number, train=records.trial_score(trial),
+                                          validation=evaluation.value, baseline=trial is baseline,
+                                          jobs=evaluation.jobs))
     if not rows:
         return None
-    chosen = max(rows, key=lambda r: r["validation"])
-    record = {"rows": rows, "chosen": chosen["trial"], "seeds": seeds,
-              "prompts": len(config.validation_prompts),
-              "baseline": next((r["validation"] for r in rows if r["baseline"]), None)}
-    study.set_user_attr("validation", record)
-    return record
+    chosen = max(rows, key=lambda r: r.validation)
+    record = records.Validation(rows=rows, chosen=chosen.trial, seeds=seeds, prompts=len(config.validation_prompts))
+    records.write_validation(study, record)
+    return record.to_dict()
 
 
 def validated_best(study: optuna.Study, train_best: FrozenTrial) -> FrozenTrial:
@@ -92,10 +92,10 @@ def validated_best(study: optuna.Study, train_best: FrozenTrial) -> FrozenTrial:
 
     A new training best found after the last validation takes over until validation runs again.
     """
-    record = study.user_attrs.get("validation")
-    if not record or train_best.number not in {row["trial"] for row in record["rows"]}:
+    record = records.read_validation(study)
+    if record is None or record.chosen is None or record.row(train_best.number) is None:
         return train_best
-    return study.get_trials(deepcopy=False)[record["chosen"]]
+    return study.get_trials(deepcopy=False)[record.chosen]
 
 
 # ---------------------------------------------------------------- screening
@@ -105,38 +105,60 @@ def screening_values(space: SearchSpace) -> list[tuple[str, dict[str, float]]]:
     points = []
     for p in space.params:
         for end, value in (("low", p.low), ("high", p.high)):
-            points.append((f"{SCREEN_ROLE}:{p.name}:{end}", dict(space.baseline(), **{p.name: value})))
+            points.append((records.screening_role(p.name, end), dict(space.baseline(), **{p.name: value})))
     return points
 
 
+def screen_effect(end_jobs: Optional[list[float]], base_jobs: Optional[list[float]]
+                  ) -> Optional[tuple[float, float, bool]]:
+    """(mean paired difference, two-sided signed-rank p, interval excludes 0) of one screening end."""
+    if end_jobs is None or base_jobs is None or len(end_jobs) != len(base_jobs):
+        return None
+    c = stats.compare(end_jobs, base_jobs)
+    if c is None:
+        return None
+    diffs = stats.paired_differences(end_jobs, base_jobs)
+    p_two = min(1.0, 2 * min(c.p, stats.signed_rank_p([-d for d in diffs])))
+    return c.gain, p_two, c.low > 0 or c.high < 0
+
+
 def analyse_screening(study: optuna.Study, space: SearchSpace) -> Optional[dict]:
-    """Once every screening trial has finished: each parameter's effect, and what to freeze."""
-    if "screening" in study.user_attrs:
-        return study.user_attrs["screening"]
+    """Once every screening trial has finished: each parameter's effect, and what to freeze.
+
+    Each end is compared with the baseline job by job (paired); a parameter is frozen when
+    neither end differs from the baseline: no interval clear of 0 and two-sided p > 0.25.
+    Studies without per-job scores fall back to the old rule (effect within the noise σ).
+    """
+    if records.screening_done(study):
+        return study.user_attrs[records.SCREENING]
     trials = study.get_trials(deepcopy=False)
-    screens = [t for t in trials if str(t.user_attrs.get("role", "")).startswith(SCREEN_ROLE)]
-    baseline = next((t for t in trials if t.user_attrs.get("role") == "baseline"
-                     and t.state == TrialState.COMPLETE), None)
+    screens = [t for t in trials if records.is_screening(t)]
+    baseline = records.baseline_of(trials)
     if baseline is None or not screens or any(t.state in (TrialState.WAITING, TrialState.RUNNING)
                                               for t in screens):
         return None
     band = noise_std(study) or 0.0
-    base = _score(baseline)
+    base, base_jobs = records.trial_score(baseline), records.job_scores(baseline)
     result = {}
     for p in space.params:
-        ends = {}
+        ends, effects = {}, []
         for t in screens:
-            name, end = t.user_attrs["role"].removeprefix(f"{SCREEN_ROLE}:").rsplit(":", 1)
-            if name == p.name and t.state == TrialState.COMPLETE:
-                ends[end] = _score(t)
+            name, end = records.parse_screening_role(records.role(t))
+            if name == p.name and t.state == TrialState.COMPLETE and records.trial_score(t) is not None:
+                ends[end] = records.trial_score(t)
+                paired = screen_effect(records.job_scores(t), base_jobs)
+                effects.append(paired if paired is not None else (ends[end] - base, None, abs(ends[end] - base) > band))
         # A parameter with no measured end (failed points) is never frozen on no evidence.
-        effect = max((abs(v - base) for v in ends.values()), default=None)
-        result[p.name] = {"low": ends.get("low"), "high": ends.get("high"), "effect": effect,
-                          "frozen": effect is not None and effect <= band}
-    study.set_user_attr("screening", result)
-    return result
+        if not effects:
+            result[p.name] = records.ScreenRow(low=None, high=None, effect=None, frozen=False)
+            continue
+        gain, p_two, clear = max(effects, key=lambda e: abs(e[0]))
+        keep = any(c or (pv is not None and pv <= SCREEN_KEEP_P) for _, pv, c in effects)
+        result[p.name] = records.ScreenRow(low=ends.get("low"), high=ends.get("high"), effect=abs(gain),
+                                           frozen=not keep, p=p_two)
+    records.write_screening(study, result)
+    return study.user_attrs[records.SCREENING]
 
 
 def frozen_params(study: optuna.Study) -> set[str]:
-    screening = study.user_attrs.get("screening") or {}
-    return {name for name, row in screening.items() if row["frozen"]}
+    return records.frozen_params(study)

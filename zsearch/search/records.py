@@ -1,0 +1,321 @@
+"""The study's records: what the search writes into Optuna attributes, and how anyone reads it back.
+
+One module owns every key, so the search (writer), the report, `zsearch best` and any later
+judge (readers) cannot drift apart. Readers are defensive: a study run by an older zsearch,
+stopped early, or with a malformed attribute reads as "absent", never as a crash.
+
+Per trial (user attributes):
+    role        "baseline", "screen:<param>:<low|high>", "start:<file>"; absent for search trials
+    score       the trial's score: mean over the jobs it ran (the weighted style/prompt sum)
+    jobs        per-job scores in the canonical job order (prompt-major, then seed); NaN = not run
+    partial     True when pruning stopped it early: its value is an estimate, never a best
+    per_prompt, style, prompt, identity, seconds, fail_reason, grid_artifact
+
+Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint.
+
+    from zsearch.search import records
+    score = records.trial_score(trial)          # float or None
+    jobs = records.job_scores(trial)            # list[float] or None
+    gain = records.gain_over(trial, baseline)   # stats.Comparison (paired over jobs) or None
+    noise = records.read_noise(study)           # Noise or None
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional
+
+from optuna.trial import FrozenTrial, TrialState
+
+from . import stats
+
+# ------------------------------------------------------------ keys
+ROLE = "role"
+BASELINE_ROLE = "baseline"
+SCREEN_ROLE = "screen"
+START_ROLE = "start"
+SCORE = "score"
+JOBS = "jobs"
+PARTIAL = "partial"
+PER_PROMPT = "per_prompt"
+STYLE = "style"
+PROMPT = "prompt"
+IDENTITY = "identity"
+SECONDS = "seconds"
+FAIL_REASON = "fail_reason"
+GRID = "grid_artifact"
+RETRY_OF = "retry_of"
+WORKER = "zsearch.worker"  # a user attribute (system attribute in older studies): the worker's unique id
+
+NOISE = "noise"
+VALIDATION = "validation"
+SCREENING = "screening"
+SPACE = "space"
+FINGERPRINT = "fingerprint"
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _numbers(value: Any) -> Optional[list[float]]:
+    """A list of floats (None/NaN read as NaN: a job not run), or None when it is not a list of numbers."""
+    if not isinstance(value, list) or not value:
+        return None
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
+        return None
+    return [math.nan if v is None else float(v) for v in value]
+
+
+# ------------------------------------------------------------ trials
+
+def role(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get(ROLE, ""))
+
+
+def is_baseline(trial: FrozenTrial) -> bool:
+    return role(trial) == BASELINE_ROLE
+
+
+def is_screening(trial: FrozenTrial) -> bool:
+    return role(trial).startswith(SCREEN_ROLE)
+
+
+def screening_role(param: str, end: str) -> str:
+    return f"{SCREEN_ROLE}:{param}:{end}"
+
+
+def parse_screening_role(value: str) -> tuple[str, str]:
+    """'screen:lora0.attn:low' -> ('lora0.attn', 'low')."""
+    name, end = value.removeprefix(f"{SCREEN_ROLE}:").rsplit(":", 1)
+    return name, end
+
+
+def is_partial(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get(PARTIAL, False))
+
+
+def trial_score(trial: Optional[FrozenTrial]) -> Optional[float]:
+    """The trial's score: the `score` attribute (the weighted sum, also for Pareto studies), else
+    its first objective value; None when it has neither."""
+    if trial is None:
+        return None
+    value = trial.user_attrs.get(SCORE)
+    if is_number(value):
+        return float(value)
+    if trial.values and is_number(trial.values[0]):
+        return float(trial.values[0])
+    return None
+
+
+def job_scores(trial: Optional[FrozenTrial]) -> Optional[list[float]]:
+    """Per-job scores in the canonical job order (NaN where a pruned trial did not run the job)."""
+    return _numbers(trial.user_attrs.get(JOBS)) if trial is not None else None
+
+
+def can_be_best(trial: FrozenTrial) -> bool:
+    """Complete, fully evaluated and scored: a pruned-partial trial is never a best or validated."""
+    return trial.state == TrialState.COMPLETE and not is_partial(trial) and trial_score(trial) is not None
+
+
+def candidates(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if can_be_best(t)]
+
+
+def baseline_of(trials: Iterable[FrozenTrial]) -> Optional[FrozenTrial]:
+    return next((t for t in trials if is_baseline(t) and can_be_best(t)), None)
+
+
+def gain_over(trial: Optional[FrozenTrial], baseline: Optional[FrozenTrial]) -> Optional[stats.Comparison]:
+    """The trial's gain over the baseline, paired over the jobs both ran."""
+    a, b = job_scores(trial), job_scores(baseline)
+    if a is None or b is None or len(a) != len(b):
+        return None
+    return stats.compare(a, b)
+
+
+def write_evaluation(trial, evaluation, value: Optional[float] = None) -> None:
+    """Record an `Evaluation` (see evaluate.py) on a running Optuna trial.
+
+    `value`: the score to record when it is not the evaluation's mean (a stopped trial's stand-in,
+    see pruning.partial_value); an evaluation that did not run every job is marked partial.
+    """
+    trial.set_user_attr(SCORE, evaluation.value if value is None else value)
+    trial.set_user_attr(JOBS, [None if math.isnan(x) else x for x in evaluation.jobs])
+    trial.set_user_attr(PER_PROMPT, evaluation.combined)
+    trial.set_user_attr(STYLE, evaluation.mean_style)
+    trial.set_user_attr(PROMPT, evaluation.mean_prompt)
+    if evaluation.identity is not None:
+        trial.set_user_attr(IDENTITY, _nanmean(evaluation.identity))
+    trial.set_user_attr(SECONDS, {k: round(v, 4) for k, v in evaluation.seconds.items()})
+    if evaluation.partial:
+        trial.set_user_attr(PARTIAL, True)
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+# ------------------------------------------------------------ noise
+
+@dataclass
+class Noise:
+    """The baseline scored on the training seeds and on extra seed sets."""
+
+    mean: float
+    std: float
+    scores: list[float]
+    seed_sets: list[list[int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Optional["Noise"]:
+        raw = _mapping(raw)
+        scores = [float(s) for s in raw.get("scores", []) if is_number(s)] if isinstance(raw.get("scores"), list) else []
+        std = raw.get("std")
+        if not is_number(std):
+            if len(scores) < 2:
+                return None
+            std = statistics.stdev(scores)
+        mean = raw.get("mean")
+        if not is_number(mean):
+            mean = statistics.fmean(scores) if scores else math.nan
+        seed_sets = raw.get("seed_sets") if isinstance(raw.get("seed_sets"), list) else []
+        return cls(mean=float(mean), std=float(std), scores=scores,
+                   seed_sets=[list(s) for s in seed_sets if isinstance(s, list)])
+
+
+def noise_from_scores(scores: list[float], seed_sets: list[list[int]]) -> Noise:
+    return Noise(mean=statistics.fmean(scores), std=statistics.stdev(scores), scores=scores, seed_sets=seed_sets)
+
+
+def read_noise(study) -> Optional[Noise]:
+    return Noise.from_dict(study.user_attrs.get(NOISE))
+
+
+def write_noise(study, noise: Noise) -> None:
+    study.set_user_attr(NOISE, noise.to_dict())
+
+
+# ------------------------------------------------------------ validation
+
+@dataclass
+class ValidationRow:
+    trial: int
+    train: float  # the trial's training score
+    validation: float  # its mean score on the held-out jobs
+    baseline: bool
+    jobs: Optional[list[float]] = None  # per held-out job, the same job order for every row
+
+    @property
+    def gap(self) -> float:
+        return self.train - self.validation
+
+
+@dataclass
+class Validation:
+    rows: list[ValidationRow]
+    chosen: Optional[int]  # the trial best.* follow
+    seeds: list[int] = field(default_factory=list)
+    prompts: Optional[int] = None  # how many held-out prompts
+
+    @property
+    def baseline_row(self) -> Optional[ValidationRow]:
+        return next((r for r in self.rows if r.baseline), None)
+
+    @property
+    def baseline(self) -> Optional[float]:
+        row = self.baseline_row
+        return row.validation if row else None
+
+    def row(self, trial_number: int) -> Optional[ValidationRow]:
+        return next((r for r in self.rows if r.trial == trial_number), None)
+
+    def gain(self, trial_number: Optional[int] = None) -> Optional[stats.Comparison]:
+        """A trial's (default: the chosen one's) held-out gain over the baseline, paired per job."""
+        row, base = self.row(self.chosen if trial_number is None else trial_number), self.baseline_row
+        if row is None or base is None or row.jobs is None or base.jobs is None or len(row.jobs) != len(base.jobs):
+            return None
+        return stats.compare(row.jobs, base.jobs)
+
+    def to_dict(self) -> dict:
+        return {"rows": [{**asdict(r), "gap": r.gap} for r in self.rows], "chosen": self.chosen,
+                "seeds": self.seeds, "prompts": self.prompts, "baseline": self.baseline}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Optional["Validation"]:
+        raw = _mapping(raw)
+        rows = []
+        for row in raw.get("rows", []) if isinstance(raw.get("rows"), list) else []:
+            row = _mapping(row)
+            if isinstance(row.get("trial"), int) and is_number(row.get("train")) and is_number(row.get("validation")):
+                rows.append(ValidationRow(trial=row["trial"], train=float(row["train"]),
+                                          validation=float(row["validation"]), baseline=bool(row.get("baseline")),
+                                          jobs=_numbers(row.get("jobs"))))
+        if not rows:
+            return None
+        chosen = raw.get("chosen") if isinstance(raw.get("chosen"), int) else None
+        seeds = [s for s in raw.get("seeds", []) if isinstance(s, int)] if isinstance(raw.get("seeds"), list) else []
+        prompts = raw.get("prompts") if isinstance(raw.get("prompts"), int) else None
+        return cls(rows=rows, chosen=chosen, seeds=seeds, prompts=prompts)
+
+
+def read_validation(study) -> Optional[Validation]:
+    return Validation.from_dict(study.user_attrs.get(VALIDATION))
+
+
+def write_validation(study, validation: Validation) -> None:
+    study.set_user_attr(VALIDATION, validation.to_dict())
+
+
+# ------------------------------------------------------------ screening
+
+@dataclass
+class ScreenRow:
+    """One parameter moved alone to each end of its range, the others at the baseline."""
+
+    low: Optional[float]  # score at the low end
+    high: Optional[float]
+    effect: Optional[float]  # the larger |mean paired difference| from the baseline; None: no end measured
+    frozen: bool
+    p: Optional[float] = None  # two-sided signed-rank p of the end with the larger effect
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Optional["ScreenRow"]:
+        row = _mapping(raw)
+        low, high, effect, p = row.get("low"), row.get("high"), row.get("effect"), row.get("p")
+        if not is_number(effect):
+            return None
+        return cls(low=float(low) if is_number(low) else None, high=float(high) if is_number(high) else None,
+                   effect=float(effect), frozen=bool(row.get("frozen", False)),
+                   p=float(p) if is_number(p) else None)
+
+
+def read_screening(study) -> dict[str, ScreenRow]:
+    out = {}
+    for name, raw in _mapping(study.user_attrs.get(SCREENING)).items():
+        row = ScreenRow.from_dict(raw)
+        if row is not None:
+            out[str(name)] = row
+    return out
+
+
+def screening_done(study) -> bool:
+    return SCREENING in study.user_attrs
+
+
+def write_screening(study, rows: dict[str, ScreenRow]) -> None:
+    study.set_user_attr(SCREENING, {name: asdict(row) for name, row in rows.items()})
+
+
+def frozen_params(study) -> set[str]:
+    return {name for name, row in read_screening(study).items() if row.frozen}
