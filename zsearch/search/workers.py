@@ -28,9 +28,9 @@ class Lease:
     """This process's lock, held while it works on the study."""
 
     def __init__(self, folder: Path, worker: str = WORKER_ID):
-        path = lease_path(folder, worker)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(path))
+        self.path = lease_path(folder, worker)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path))
 
     def __enter__(self):
         self._lock.acquire(timeout=10)
@@ -38,6 +38,10 @@ class Lease:
 
     def __exit__(self, *exc):
         self._lock.release()
+        try:
+            self.path.unlink(missing_ok=True)  # a clean exit leaves no lease behind
+        except OSError:
+            pass
 
 
 def is_dead(folder: Path, worker: Optional[str]) -> bool:
