@@ -68,12 +68,16 @@ def start(folder: Path) -> str:
         os.chown(folder, entry.pw_uid, entry.pw_gid)
         os.chown(sockets, entry.pw_uid, entry.pw_gid)
     port = _free_port()
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "check": True, "cwd": "/"}
-    subprocess.run(_as_user([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
-                             "-E", "UTF8", "--no-sync"], user), **quiet)
+    def run(cmd: list[str]) -> None:
+        done = subprocess.run(_as_user(cmd, user), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, cwd="/")
+        if done.returncode:
+            raise RuntimeError(f"{Path(cmd[0]).name} failed: {done.stderr.strip()[-500:]}")
+
+    run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"])
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=200"
-    subprocess.run(_as_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                             str(folder / "server.log"), "-w", "-t", "60", "start"], user), **quiet)
+    run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"),
+         "-w", "-t", "60", "start"])
     (folder / "port").write_text(str(port))
     return f"postgresql+psycopg2://{USER}@127.0.0.1:{port}"
 
