@@ -6,6 +6,8 @@ The default output folder is `results/<name>` under the folder zsearch is run fr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -207,6 +209,10 @@ class Config(_Strict):
     def fingerprint(self, hashes=None) -> dict[str, Any]:
         """What a trial's score measured, by content (see zsearch.fingerprint)."""
         return fingerprint(self, hashes)
+
+    def fingerprint_hash(self) -> str:
+        text = json.dumps(self.fingerprint(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _one_line(error: ValidationError, source: Path) -> str:
