@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     args.size = args.size or (64 if args.smoke else 1024)
     args.steps = args.steps or (1 if args.smoke else 8)
-    args.clip = "ViT-B-32" if args.smoke else "ViT-L-14"
+    args.clip = "ViT-S-32" if args.smoke else "ViT-L-14"
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -2,7 +2,8 @@
 # Every device measurement of issue 11 in one prepared run, at most ~8 minutes on one H100/H200:
 #   bench/gpu.sh            full size on the GPU (random bf16 weights built on the device; nothing downloaded)
 #   bench/gpu.sh --smoke    the same steps at narrow size on the CPU (tests this script; timings meaningless)
-# Prints everything and appends every table to $OUT/gpu-figures.md (default OUT=/tmp/zsearch-gpu).
+# Prints everything and appends every table to $OUT/gpu-figures.md (default OUT=/tmp/zsearch-gpu); the
+# ~21 GB random model folder of step 4 goes to $WORK (default /tmp/zsearch-gpu-work), never under $OUT.
 # Steps, most important first; each has its own time limit, and all together stop at BUDGET seconds:
 #   1. eager: bare, side, fused, naive diffusers: s/image, s/trial, set-weighting time, CLIP ViT-L-14
 #      scoring time, peak GPU memory per way at batch 1 and 4 (memory full, bf16)
@@ -17,17 +18,18 @@ SMOKE=0
 [[ "${1:-}" == "--smoke" ]] && SMOKE=1
 OUT="${OUT:-/tmp/zsearch-gpu}"
 BUDGET="${BUDGET:-470}"
-mkdir -p "$OUT"
+WORK="${WORK:-/tmp/zsearch-gpu-work}"
+mkdir -p "$OUT" "$WORK"
 MD="$OUT/gpu-figures.md"
 PY="${PYTHON:-python3}"
 
 if [[ $SMOKE == 1 ]]; then
-  FULL=(--full --device cpu --dim 256 --layers 2 --refiner-layers 1 --size 64 --steps 1 --images 1 --clip ViT-B-32
+  FULL=(--full --device cpu --dim 256 --layers 2 --refiner-layers 1 --size 64 --steps 1 --images 1 --clip ViT-S-32
         --threads 1)
   PEAKS=(--peak-batches 1,2)
   COMPILE=(--compile --compile-backend aot_eager)  # inductor on a CPU would spend minutes compiling
   RUN=(--smoke --device cpu)
-  LIMITS=(300 300 300 480 300)
+  LIMITS=(300 300 300 900 300)
   BUDGET="${BUDGET_SMOKE:-2400}"
   LABEL="SMOKE (CPU, narrow models: timings meaningless)"
 else
@@ -82,7 +84,7 @@ step "2 memory fp8" "${LIMITS[1]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --me
   --ways bare,side --json "$OUT/fp8.json"
 step "3 memory offload" "${LIMITS[2]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --memory offload --trials 1 \
   --warmup 1 --ways bare,side --json "$OUT/offload.json"
-step "4 zsearch run, 5 trials" "${LIMITS[3]}" "$PY" bench/fullrun.py --out "$OUT/fullrun" --markdown "$MD" "${RUN[@]}"
+step "4 zsearch run, 5 trials" "${LIMITS[3]}" "$PY" bench/fullrun.py --out "$WORK/fullrun" --markdown "$MD" "${RUN[@]}"
 step "5a compiled side, bare" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" --trials 1 --warmup 1 \
   --ways side,bare --json "$OUT/compiled-a.json"
 step "5b compiled fused, naive" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" --trials 1 --warmup 1 \

@@ -91,7 +91,7 @@ def images_to_target(problem, variant: str, seed: int, budget: int) -> tuple[int
         value = pruning.stand_in_value(study, evaluation) if evaluation.partial else evaluation.value
         records.write_evaluation(trial, evaluation, value)
         study.tell(trial, value)
-        frozen = study.trials[trial.number]
+        frozen = study.get_trials(deepcopy=False)[trial.number]  # no copy of every trial per trial
         if records.can_be_best(frozen) and (best is None or records.trial_score(frozen) > records.trial_score(best)):
             best, d_best = frozen, problem.d(frozen.params)
             if d_best <= d_target and records.trial_score(best) >= s_target:

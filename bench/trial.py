@@ -278,15 +278,16 @@ def report(setup: Setup, results: dict[str, dict], args) -> str:
              f"# one trial = set weighting + render {n} image(s) at {setup.size}² × {setup.steps} steps "
              f"(batch {setup.batch}) + score; mean of {args.trials} trial(s) after {args.warmup} warm-up",
              "",
-             "| way | mode | set weighting | render | s/image | score | s/trial | set share | first trial | "
-             "peak GPU memory (trial) | " + " | ".join(f"peak at batch {b}" for b in setup.peak_batches) + " |",
+             "| " + " | ".join(["way", "mode", "set weighting", "render", "s/image", "score", "s/trial", "set share",
+                                "first trial", "peak GPU memory (trial)",
+                                *[f"peak at batch {b}" for b in setup.peak_batches]]) + " |",
              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(setup.peak_batches)]
     for way, r in results.items():
         share = f"{100 * r['set_weighting'] / r['trial']:.2f} %" if way != "bare" else "—"
-        peaks = " | ".join(fmt_gib(r["peaks_gib"].get(b)) for b in setup.peak_batches)
-        lines.append(f"| {way} | {mode} | {fmt_time(r['set_weighting'])} | {r['render']:.3f} s | {r['image']:.3f} s | "
-                     f"{r['score']:.3f} s | {r['trial']:.3f} | {share} | {r['first_trial']:.2f} s | "
-                     f"{fmt_gib(r['peak_gib'])} | {peaks}{' |' if peaks else ''}")
+        cells = [way, mode, fmt_time(r["set_weighting"]), f"{r['render']:.3f} s", f"{r['image']:.3f} s",
+                 f"{r['score']:.3f} s", f"{r['trial']:.3f}", share, f"{r['first_trial']:.2f} s", fmt_gib(r["peak_gib"]),
+                 *[fmt_gib(r["peaks_gib"].get(b)) for b in setup.peak_batches]]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     naive = results.get("naive")
     for way in ("side", "fused"):

@@ -7,6 +7,7 @@ one graph, so the suite pays for one block's compile (about half a minute to a m
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -81,9 +82,7 @@ def test_engine_compiles_its_blocks_only_when_told(demo_assets, tmp_path):
     assert engine.compiled and is_compiled(engine.pipe.transformer)  # compiled lazily: no render here
     assert "compiled (as set)" in engine.placement
     engine.close()
-    engine = Engine(*args, device="cpu", cache_dir=tmp_path, planned_images=10**6)  # auto, on a CPU
-    assert not engine.compiled and not is_compiled(engine.pipe.transformer)
-    engine.close()
+    # (auto on a CPU leaves it eager: test_engine_memory's auto engine says "not compiled")
 
 
 # -- a compiled block under the side path: one graph for every weighting ------------------------
@@ -109,7 +108,9 @@ def inputs():
 @torch.no_grad()
 def forward(model) -> torch.Tensor:
     latents, t, caps = inputs()
-    return torch.stack(model(latents, t, caps, return_dict=False)[0]).float()
+    dtype = next(model.parameters()).dtype
+    out = model([x.to(dtype) for x in latents], t, [c.to(dtype) for c in caps], return_dict=False)[0]
+    return torch.stack(out).float()
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +122,11 @@ def compiled():
     present = {name for name, _ in model.named_modules()}
     paths = [m.path for m in all_modules(2) if m.path in present]
     loras = [make_random_lora(DIM, 4, paths, seed=1), make_random_lora(DIM, 4, paths, seed=2, alpha=2.0)]
+    exact = copy.deepcopy(model).float()  # the same bf16 weights, computed in float32, eager
+    exact_weighting = attach_loras(exact, loras, "side")
     weighting = attach_loras(model, loras, "side")
     compile_blocks(model)
-    yield model, weighting, loras
+    yield model, weighting, loras, (exact, exact_weighting)
     weighting.detach()
     torch._dynamo.reset()
 
@@ -141,11 +144,22 @@ def some_scales(loras, rng: random.Random, index: int) -> list[dict[str, float]]
     return scales
 
 
+def assert_within_bf16_error(got: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor) -> None:
+    """`got` (compiled, bf16) is as close to the float32 result as eager bf16 is: the two round in
+    different places (fused kernels), so neither equals the other, but neither may be worse."""
+    eager_error = (eager - exact).abs()
+    error = (got - exact).abs()
+    assert error.max() <= 2 * eager_error.max()
+    assert error.mean() <= 1.5 * eager_error.mean()
+
+
 def test_compiled_equals_eager_within_bf16_tolerance(compiled):
-    model, weighting, loras = compiled
+    model, weighting, loras, (exact, exact_weighting) = compiled
     rng = random.Random(0)
     for index in range(3):
-        weighting.set_scales(some_scales(loras, rng, index + 1))
+        scales = some_scales(loras, rng, index + 1)
+        weighting.set_scales(scales)
+        exact_weighting.set_scales(scales)
         got = forward(model)
         with torch.compiler.set_stance("force_eager"):
             expected = forward(model)
@@ -153,12 +167,13 @@ def test_compiled_equals_eager_within_bf16_tolerance(compiled):
             weighting.set_scales([{p: 0.0 for p in lora.modules} for lora in loras])
             base = forward(model)
         assert (expected - base).abs().max() > 0.05  # the weighting really changes the output
-        torch.testing.assert_close(got, expected, rtol=1.6e-2, atol=2e-2)  # bf16: 8 bits of mantissa
+        assert_within_bf16_error(got, expected, forward(exact))
+        torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)  # and close to eager outright
     assert is_compiled(model)
 
 
 def test_200_weightings_cause_no_recompile(compiled):
-    model, weighting, loras = compiled
+    model, weighting, loras, (exact, exact_weighting) = compiled
     rng = random.Random(1)
     weighting.set_scales(some_scales(loras, rng, 1))
     first = forward(model)  # compiles, if no earlier test did
@@ -166,9 +181,12 @@ def test_200_weightings_cause_no_recompile(compiled):
     assert graphs == 1  # one graph serves both blocks: nothing per block is a Python constant
     outputs = []
     for index in range(200):
-        weighting.set_scales(some_scales(loras, rng, index))
+        scales = some_scales(loras, rng, index)
+        weighting.set_scales(scales)
         outputs.append(forward(model))
     assert counters["stats"]["unique_graphs"] == graphs  # new scale values are data, not a new graph
     assert all(not torch.equal(out, first) for out in outputs)  # and they were not ignored
     with torch.compiler.set_stance("force_eager"):  # the last weighting is the one the graph used
-        torch.testing.assert_close(outputs[-1], forward(model), rtol=1.6e-2, atol=2e-2)
+        eager = forward(model)
+    exact_weighting.set_scales(scales)
+    assert_within_bf16_error(outputs[-1], eager, forward(exact))

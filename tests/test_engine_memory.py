@@ -13,6 +13,7 @@ import torch
 from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
 from zsearch.engine import Engine
+from zsearch.engine.compile import is_compiled
 from zsearch.engine.memory import WORKING_FRACTION, choose_memory, needed_bytes, resolve_memory, way_for
 from zsearch.errors import UserError
 from zsearch.lora.read import load_loras
@@ -73,9 +74,9 @@ def test_unknown_memory_setting_is_refused():
 
 # -- the wiring, on the tiny demo model ------------------------------------------------------------
 
-def engine_for(assets, cache, memory, way="side"):
+def engine_for(assets, cache, memory, way="side", **options):
     return Engine(str(assets.model_dir), load_loras(assets.loras), assets.prompt_list, device="cpu", way=way,
-                  cache_dir=cache, memory=memory)
+                  cache_dir=cache, memory=memory, **options)
 
 
 def render_at(engine, assets, r1, r2):
@@ -129,10 +130,12 @@ def test_fused_with_fp8_is_refused_before_loading_anything_on_the_device(demo_as
 
 
 def test_auto_on_a_cpu_holds_the_weights_whole(demo_assets, tmp_path):
-    engine = engine_for(demo_assets, tmp_path, "auto", way="auto")
+    engine = engine_for(demo_assets, tmp_path, "auto", way="auto", planned_images=10**6)
     try:
         assert engine.memory == "full" and engine.way == "side"
-        assert engine.placement.startswith("memory full (no GPU memory to budget); weighting side")
+        assert engine.placement == ("memory full (no GPU memory to budget); weighting side; not compiled "
+                                    "(render.compile auto compiles on CUDA only, this is cpu)")
+        assert not is_compiled(engine.pipe.transformer)
     finally:
         engine.close()
 

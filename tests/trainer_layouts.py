@@ -106,7 +106,6 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     if factor > 0 and dimension % factor == 0:
         m, n = factor, dimension // factor
         return (m, n) if m <= n else (n, m)
-    length = dimension
     m, n = 1, dimension
     for i in range(1, int(dimension ** 0.5) + 1):
         if dimension % i == 0:

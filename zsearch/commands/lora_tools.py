@@ -80,12 +80,7 @@ def cmd_merge(args) -> int:
     provenance = merge_metadata(recipe, args.output)  # hashes the inputs: once, not per call below
 
     def metadata(report) -> dict[str, str]:
-        merge_info = {"rank": args.rank, "dtype": str(report.dtype).removeprefix("torch.")}
-        if args.rank is not None or report.errors:  # an SVD was made (--rank, or LoKr/LoHa written as LoRA)
-            merge_info["relative_error"] = report.relative_error
-        if report.mixed:  # LoKr/LoHa deltas written as LoRA: each module's own error
-            merge_info["module_errors"] = {path: report.errors[path] for path in report.mixed}
-        return {**provenance, "zsearch.merge": json.dumps(merge_info)}
+        return {**provenance, **report.metadata()}
 
     # streamed: each module is written as it is merged, so the output is never whole in memory
     report = merge_to_file(loras, scales, args.output, metadata, rank=args.rank, dtype=dtype,

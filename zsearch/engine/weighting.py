@@ -339,7 +339,7 @@ def _build_targets(transformer: nn.Module, loras: list[Lora], device, dtype):
         linear = transformer.get_submodule(path)
         out_features, in_features = linear.weight.shape
         start = offset
-        downs, ups, lycoris = [linear.weight.new_empty(0, in_features)], [linear.weight.new_empty(out_features, 0)], []
+        downs, ups, lycoris = [torch.empty(0, in_features)], [torch.empty(out_features, 0)], []  # a target may be LoKr/LoHa only
         for index in by_path[path]:
             module = loras[index].modules[path]
             if module.kind != "lora":
@@ -349,8 +349,8 @@ def _build_targets(transformer: nn.Module, loras: list[Lora], device, dtype):
             offset += module.rank
             downs.append(module.down)
             ups.append(module.up)
-        down = torch.cat([d.to(dtype) for d in downs], dim=0).to(device=device).contiguous()
-        up = torch.cat([u.to(dtype) for u in ups], dim=1).to(device=device).contiguous()
+        down = torch.cat([d.to(device=device, dtype=dtype) for d in downs], dim=0).contiguous()
+        up = torch.cat([u.to(device=device, dtype=dtype) for u in ups], dim=1).contiguous()
         stop, dense = offset, []
         for index in lycoris:  # one scale slot each, after the LoRA ranks
             slots.append((index, path, offset, offset + 1))

@@ -14,6 +14,7 @@ truncated SVD at `rank` (default MIXED_RANK) is written as a LoRA, its error mea
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import Counter
@@ -62,6 +63,18 @@ class MergeReport:
             return None
         worst = max(self.errors, key=self.errors.get)
         return worst, self.errors[worst]
+
+    def metadata(self) -> dict[str, str]:
+        """`zsearch.merge` for the output's metadata: rank, dtype, the SVD's error overall and, for
+        LoKr/LoHa deltas written as LoRA, per module; which modules kept their LoKr/LoHa kind."""
+        info: dict = {"rank": self.rank, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.rank is not None or self.errors:  # an SVD was made (--rank, or LoKr/LoHa written as LoRA)
+            info["relative_error"] = self.relative_error
+        if self.mixed:
+            info["module_errors"] = {path: self.errors[path] for path in self.mixed}
+        if self.kept:
+            info["kept"] = dict(Counter(self.kept.values()))
+        return {"zsearch.merge": json.dumps(info)}
 
     def summary(self) -> str:
         ranks = sorted(set(self.ranks.values()))

@@ -112,7 +112,7 @@ def _gain_sentence(facts: StudyFacts) -> str:
     text = f"{what} ({_trial(best)}) scores {f4(score)} vs {f4(trial_score(base))} for plain stacking ({signed(gain)}"
     comparison, where = facts.comparison
     if comparison is not None:
-        return text + "). " + paired_sentence(comparison, where)
+        return text + " on the training jobs). " + paired_sentence(comparison, where)
     ratio = facts.gain_in_noise
     if ratio is None:
         return text + ")."
