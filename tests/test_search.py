@@ -155,7 +155,7 @@ def test_changed_search_space_is_refused_on_resume(tmp_path, demo_assets):
     changed = demo_config(tmp_path, demo_assets, search={"trials": 2}, seeds=[5, 6])
     result = zsearch("run", changed, "--no-progress")
     assert result.returncode == 2
-    assert "different seeds" in result.stderr and "new 'name:'" in result.stderr
+    assert "changed: seeds" in result.stderr and "new 'name:'" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert len(load(tmp_path / "out" / "t").trials) == 1  # nothing added to the old study
 
