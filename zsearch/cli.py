@@ -15,7 +15,7 @@ from . import __version__
 from .errors import UserError
 
 # Sub-command modules; each has `register(subparsers)` that sets `func` on its parser.
-COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools")
+COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools", "review")
 
 
 class OneLineParser(argparse.ArgumentParser):

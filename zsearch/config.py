@@ -103,11 +103,28 @@ class Identity(_Strict):
 
 
 class Objective(_Strict):
-    """Weighted sum of the mean style and prompt similarities, or both as a Pareto pair."""
+    """Weighted sum of the judges' terms (style, prompt, identity, and the extra judges'), or two
+    or three terms side by side as a Pareto objective."""
 
     style: float = 1.0
     prompt: float = 0.3
     pareto: bool = False
+    terms: Optional[list[str]] = None  # pareto: the objectives (default style and prompt)
+
+
+# The term each extra judge scores, and its default weight (the aesthetic head rates 1-10, so
+# 0.05 makes one point worth 0.05 of cosine similarity). csd scores `style` in CLIP's place.
+JUDGE_TERMS = {"aesthetic": "aesthetic", "hps": "preference", "csd": "style"}
+JUDGE_WEIGHTS = {"aesthetic": 0.05, "hps": 1.0}
+
+
+class JudgeEntry(_Strict):
+    """An extra judge (`judges:`): aesthetic, hps or csd (see zsearch/engine/judges)."""
+
+    name: Literal["aesthetic", "hps", "csd"]
+    weight: Optional[float] = None  # default: JUDGE_WEIGHTS; csd: objective.style
+    model: Optional[str] = None  # hps/csd: the open_clip architecture, or local-dir:
+    checkpoint: Optional[str] = None  # a local file or hf-hub:owner/repo/file (aesthetic: the head)
 
 
 class Validation(_Strict):
@@ -156,6 +173,7 @@ class Config(_Strict):
     render: Render = Render()
     scorer: Scorer = Scorer()
     identity: Optional[Identity] = None  # optional: a subject set judged by DINOv2
+    judges: list[JudgeEntry] = []  # extra judges beside CLIP (and DINOv2)
     objective: Objective = Objective()
     search: Search = Search()
     validation: Validation = Validation()
@@ -189,7 +207,37 @@ class Config(_Strict):
             raise ValueError("sampler cmaes cannot optimise a pareto objective; use tpe, gp or random")
         if self.validation.seeds and set(self.validation.seeds) & set(self.seeds):
             raise ValueError("validation.seeds must differ from the training seeds (it is held-out data)")
+        names = [j.name for j in self.judges]
+        if len(set(names)) < len(names):
+            raise ValueError("judges: each judge once (its term has one weight)")
+        terms = self.objective.terms
+        if terms is not None:
+            if not self.objective.pareto:
+                raise ValueError("objective.terms chooses a pareto study's objectives; add `pareto: true` "
+                                 "or weigh the terms instead")
+            known = list(self.term_weights())
+            unknown = [t for t in terms if t not in known]
+            if unknown:
+                raise ValueError(f"objective.terms: '{unknown[0]}' is not a term of this config; use {', '.join(known)}")
+            if not 2 <= len(set(terms)) == len(terms) <= 3:
+                raise ValueError("objective.terms: two or three different terms")
         return self
+
+    def term_weights(self) -> dict[str, float]:
+        """{term: weight} of the objective's weighted sum, for every term the judges produce."""
+        weights = {"style": self.objective.style, "prompt": self.objective.prompt}
+        if self.identity is not None:
+            weights["identity"] = self.identity.weight
+        for judge in self.judges:
+            term = JUDGE_TERMS[judge.name]
+            default = weights.get("style") if judge.name == "csd" else JUDGE_WEIGHTS[judge.name]
+            weights[term] = judge.weight if judge.weight is not None else default
+        return weights
+
+    @property
+    def pareto_terms(self) -> list[str]:
+        """The objectives of a pareto study, in order."""
+        return list(self.objective.terms or ["style", "prompt"])
 
     @property
     def out_dir(self) -> Path:

@@ -76,7 +76,9 @@ def fingerprint(config: "Config", hashes: Optional[FileHashes] = None) -> dict[s
         "identity": None if config.identity is None else {
             "model": model_identity(config.identity.model, hashes), "weight": config.identity.weight,
             "references": sorted(hashes.of(p) for p in image_files(config.identity.references))},
-        "objective": config.objective.model_dump(),
+        "objective": config.objective.model_dump(exclude_none=True),  # no `terms`: as before it existed
+        **({"judges": [_judge_identity(j.model_dump(mode="json"), hashes) for j in config.judges]}
+           if getattr(config, "judges", None) else {}),
         "bands": config.search.bands,
         "screen": config.search.screen,
     }
@@ -114,6 +116,20 @@ def _scorer_identity(config: "Config", hashes: FileHashes) -> dict[str, Any]:
     if pretrained and os.path.isfile(pretrained):
         pretrained = {"sha256": hashes.of(Path(pretrained))}
     return {"model": model, "pretrained": pretrained, "style": scorer.style}
+
+
+def _judge_identity(judge: dict, hashes: FileHashes) -> dict:
+    """A judge's settings, its local model or checkpoint by content."""
+    out = dict(judge)
+    for key in ("model", "checkpoint"):
+        value = judge.get(key)
+        if value and Path(str(value)).expanduser().is_file():
+            out[key] = {"sha256": hashes.of(Path(str(value)).expanduser())}
+        elif value and Path(str(value)).expanduser().is_dir():
+            out[key] = model_identity(str(value), hashes)
+        elif value is not None:
+            out[key] = str(value)
+    return out
 
 
 def same_measurement(recorded: dict, current: dict) -> list[str]:

@@ -39,6 +39,11 @@ def parse_config(data: Any, source: Path) -> Config:
         config.identity.references = _resolve(base, config.identity.references)
         if config.identity.model.startswith((".", "/", "~")) or (base / config.identity.model).is_dir():
             config.identity.model = str(_resolve(base, Path(config.identity.model)))
+    for judge in config.judges:  # local files and local-dir: folders, relative to the config
+        if judge.model and judge.model.startswith("local-dir:"):
+            judge.model = f"local-dir:{_resolve(base, Path(judge.model.removeprefix('local-dir:')))}"
+        if judge.checkpoint and not judge.checkpoint.startswith("hf-hub:"):
+            judge.checkpoint = str(_resolve(base, Path(judge.checkpoint)))
     config.start = [_resolve(base, p) for p in config.start]
     for key in ("output", "cache", "demo"):
         if getattr(config, key) is not None:

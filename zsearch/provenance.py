@@ -47,7 +47,8 @@ def provenance_metadata(config, recipe: Recipe, scores: dict[str, Any]) -> dict[
         "zsearch.seeds": _json(seeds),
         "zsearch.model": str(config.model),
         "zsearch.scorers": _json(scorer_names(config)),
-        "zsearch.objective": _json(config.objective.model_dump(mode="json")),
+        "zsearch.objective": _json(config.objective.model_dump(mode="json", exclude_none=True)),
+        **({"zsearch.terms": _json(config.term_weights())} if callable(getattr(config, "term_weights", None)) else {}),
     }
 
 
@@ -58,6 +59,8 @@ def scorer_names(config) -> dict[str, str]:
     identity = getattr(config, "identity", None)
     if identity is not None:
         names["identity"] = str(getattr(identity, "model", identity))
+    for judge in getattr(config, "judges", None) or []:
+        names[judge.name] = ", ".join(str(v) for v in (judge.model, judge.checkpoint) if v) or "default"
     return names
 
 

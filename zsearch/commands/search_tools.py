@@ -61,12 +61,15 @@ def _summary(config, trial) -> str:
     if trial is None:
         return f"study '{config.name}': no completed trial yet"
     import yaml
-    scores = (yaml.safe_load((config.out_dir / "best.yaml").read_text()).get("info") or {}).get("scores", {})
+    info = yaml.safe_load((config.out_dir / "best.yaml").read_text()).get("info") or {}
+    scores = info.get("scores", {})
     parts = [f"score {scores.get('train', float('nan')):.5f}"]
     if scores.get("baseline") is not None:
         parts.append(f"baseline {scores['baseline']:.5f}")
     if scores.get("validation") is not None:
         parts.append(f"held-out {scores['validation']:.5f} (baseline {scores.get('baseline_validation', float('nan')):.5f})")
+    if (info.get("chosen_by") or {}).get("by") == "person":
+        parts.append(f"chosen by you in the review ({info['chosen_by']['choices']} choices)")
     out = config.out_dir
     from ..search.progress import gain_line
     verdict = gain_line(scores)

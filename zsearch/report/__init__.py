@@ -19,7 +19,7 @@ import yaml
 
 from ..config import Config
 from ..errors import UserError
-from . import sections
+from . import sections, terms
 from .facts import StudyFacts, gather, is_screening
 from .page import Heading, Para, to_html, to_markdown
 
@@ -106,6 +106,8 @@ def build(config: Config, study: optuna.Study, folder: Path) -> list:
     blocks += sections.importance(facts, folder, importances, error)
     blocks += sections.effects(facts, folder, order)
     blocks += sections.validation(facts, folder, config_path)
+    from ..search.study import artifact_store
+    blocks += terms.section(study, folder, artifact_store(config))
     blocks += sections.grid(facts, folder / "best.png" if best_png.is_file() else None, config_path)
     return blocks
 

@@ -8,6 +8,7 @@ corrupting them.
 from __future__ import annotations
 
 import io
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,7 @@ from ..provenance import provenance_metadata
 from ..recipe import Recipe, save_recipe
 from . import records
 from .records import trial_score
+from .review import reviewed_best
 from .space import SearchSpace
 from .trust import validated_best
 
@@ -36,8 +38,8 @@ FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, the top trials:
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
     """The best complete trial: the top score (on a Pareto front the best weighted sum), or the
-    validation's choice among the top trials once validation has run. Partial (pruned) trials
-    are never picked."""
+    validation's choice among the top trials once validation has run, or the person's choice once
+    `zsearch review` has one. Partial (pruned) trials are never picked."""
     complete = records.candidates(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if not complete:
         return None
@@ -46,7 +48,20 @@ def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
         train_best = max(front, key=trial_score)
     else:
         train_best = max(complete, key=trial_score)  # the first of equal scores, as Optuna picks
-    return validated_best(study, train_best)
+    return reviewed_best(study, validated_best(study, train_best))[0]
+
+
+def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """How the best trial was chosen: by a person's review, by validation, or by the training score."""
+    _, record = reviewed_best(study, trial)
+    if record is not None and record["chosen"] == trial.number:
+        return {"by": "person", "review": record["study"], "choices": len(record["choices"]),
+                "candidates": record["candidates"], "model": record["model"],
+                "ranking": [{"trial": r["trial"], "strength": round(r["strength"], 4)} for r in record["ranking"]]}
+    validation = records.read_validation(study)
+    if validation is not None and validation.chosen == trial.number:
+        return {"by": "validation"}
+    return {"by": "training score"}
 
 
 @contextmanager
@@ -62,6 +77,13 @@ def _written(path: Path) -> Optional[tuple[int, dict]]:
         info = yaml.safe_load(path.read_text())["info"]
         return info["trial"], info["scores"]
     except (OSError, TypeError, KeyError, yaml.YAMLError):
+        return None
+
+
+def _written_by(path: Path) -> Optional[dict]:
+    try:
+        return yaml.safe_load(path.read_text())["info"].get("chosen_by")
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
         return None
 
 
@@ -93,7 +115,7 @@ def best_recipe(config: Config, space: SearchSpace, study: optuna.Study, trial: 
     scores = best_scores(study, trial)
     recipe.info = {"study": config.name, "trial": trial.number, "score": scores["train"],
                    "values": list(trial.values), "baseline_score": scores["baseline"],
-                   "scores": scores, "zsearch": __version__}
+                   "scores": scores, "chosen_by": chosen_by(study, trial), "zsearch": __version__}
     return recipe
 
 
@@ -105,13 +127,15 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
         if trial is None:
             return None
         written = _written(out / "best.yaml")
-        if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists():
+        if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists() \
+                and _written_by(out / "best.yaml") == chosen_by(study, trial):
             return trial
         recipe = best_recipe(config, SearchSpace(config), study, trial)
         tensors, _ = merge_recipe(recipe)
         target = out / "best.safetensors"
         metadata = {**merge_metadata(recipe, target, trial=trial.number),
-                    **provenance_metadata(config, recipe, recipe.info["scores"])}
+                    **provenance_metadata(config, recipe, recipe.info["scores"]),
+                    "zsearch.chosen_by": json.dumps(recipe.info["chosen_by"])}
         save_lora(tensors, target, metadata=metadata, force=True, inputs=[lw.path for lw in recipe.loras])
         _write_comparison(study, store, trial, out / "best.png")
         save_recipe(recipe, out / "best.yaml")  # last: it marks the set as complete

@@ -33,6 +33,10 @@ class Evaluation:
     images: torch.Tensor  # (jobs, 3, H, W) in job order: prompt-major, then seed; black = not rendered
     seconds: dict[str, float] = field(default_factory=dict)
     jobs: list[float] = field(default_factory=list)  # combined score per job, job order; NaN = not run
+    terms: dict[str, list[float]] = field(default_factory=dict)  # every judge's term, per prompt (ran jobs)
+
+    def mean_term(self, name: str) -> float:
+        return _nanmean(self.terms[name])
 
     @property
     def mean_style(self) -> float:
@@ -58,10 +62,12 @@ class Evaluation:
 
 @dataclass
 class Scorers:
-    """The judges of a render: the CLIP scorer (style, prompt) and optionally DINOv2 (identity)."""
+    """The judges of a render: the CLIP scorer (style, prompt), optionally DINOv2 (identity), and
+    the panel of every judge (these two and the config's `judges:`) that the evaluation asks."""
 
     clip: Any
     identity: Any = None
+    panel: Any = None  # engine.judges.Panel; None: built from clip and identity
 
 
 def make_jobs(prompts: list[str], seeds: list[int], engine_prompts: list[str]) -> list[Job]:
@@ -78,6 +84,10 @@ class Evaluator:
         self.engine = engine
         self.scorer = scorers.clip if scorers else None
         self.identity = scorers.identity if scorers else None
+        self.panel = None
+        if scorers is not None:
+            from ..engine.judges import build_panel
+            self.panel = scorers.panel or build_panel(scorers.clip, scorers.identity)
         self.prompts = prompts if prompts is not None else config.prompt_list
         self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)
         self._local = {prompt: i for i, prompt in enumerate(self.prompts)}  # prompt -> row of the scores
@@ -97,14 +107,16 @@ class Evaluator:
         canonical order, so the same step means the same job in every trial); it may raise.
         `stop()`, asked after each render batch, ends the evaluation early when it returns True.
         """
-        render, weights = self.config.render, self.config.objective
+        render = self.config.render
+        term_weights = self.config.term_weights()
         seconds = {"set": 0.0, "render": 0.0, "score": 0.0}
         start = time.perf_counter()
         self.engine.set_recipe(recipe)
         seconds["set"] = time.perf_counter() - start
 
         n_jobs = len(self.jobs)
-        style, prompt, identity, combined = ([math.nan] * n_jobs for _ in range(4))
+        terms = {name: [math.nan] * n_jobs for name in self.panel.terms}  # every judge's term, per job
+        combined = [math.nan] * n_jobs
         images: list[Optional[torch.Tensor]] = [None] * n_jobs
         order = self.order(order_seed)
         for at in range(0, n_jobs, render.batch):
@@ -120,25 +132,26 @@ class Evaluator:
             if not torch.isfinite(batch).all():
                 raise TrialFailed("the render contains NaN or Inf values")
             start = time.perf_counter()
-            scores = self.scorer.score(batch, [job.prompt for job in chunk])
-            ids = self.identity.score(batch)["identity"].tolist() if self.identity else [0.0] * len(chunk)
+            scores = {name: values.tolist() for name, values in
+                      self.panel.score(batch, [job.prompt for job in chunk]).items()}
             seconds["score"] += time.perf_counter() - start
-            for k, (i, s, p, d) in enumerate(zip(indices, scores["style"].tolist(), scores["prompt"].tolist(), ids)):
+            for k, i in enumerate(indices):
                 images[i] = batch[k].detach().float().cpu()
-                style[i], prompt[i], identity[i] = s, p, d
-                combined[i] = weights.style * s + weights.prompt * p
-                if self.identity:
-                    combined[i] += self.config.identity.weight * d
+                for name in terms:
+                    terms[name][i] = scores[name][k]
+                # the objective: the weighted sum of the judges' terms
+                combined[i] = sum(term_weights[name] * terms[name][i] for name in terms)
                 if report is not None:
                     report(i, combined[i])
             if stop is not None and at + render.batch < n_jobs and stop():
                 break
         blank = torch.zeros_like(next(im for im in images if im is not None))
-        return Evaluation(style=self._per_prompt(style), prompt=self._per_prompt(prompt),
-                          combined=self._per_prompt(combined),
-                          identity=self._per_prompt(identity) if self.identity else None,
+        per_prompt = {name: self._per_prompt(values) for name, values in terms.items()}
+        no_term = [0.0] * len(self.prompts)
+        return Evaluation(style=per_prompt.get("style", no_term), prompt=per_prompt.get("prompt", no_term),
+                          combined=self._per_prompt(combined), identity=per_prompt.get("identity"),
                           images=torch.stack([blank if im is None else im for im in images]),
-                          seconds=seconds, jobs=combined)
+                          seconds=seconds, jobs=combined, terms=per_prompt)
 
     def _per_prompt(self, per_job: list[float]) -> list[float]:
         rows: list[list[float]] = [[] for _ in self.prompts]

@@ -41,8 +41,8 @@ class Objective:
         value = pruning.stand_in_value(self.study, evaluation) if evaluation.partial else evaluation.value
         records.write_evaluation(trial, evaluation, value)
         self._upload_grid(trial, evaluation, None if evaluation.partial else value)
-        if self.config.objective.pareto:
-            return evaluation.mean_style, evaluation.mean_prompt
+        if self.config.objective.pareto:  # the chosen terms side by side (default style and prompt)
+            return tuple(evaluation.mean_term(name) for name in self.config.pareto_terms)
         return value
 
     def _upload_grid(self, trial: optuna.Trial, evaluation: Evaluation, score: Optional[float]) -> None:

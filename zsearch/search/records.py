@@ -9,7 +9,7 @@ Per trial (user attributes):
     score       the trial's score: mean over the jobs it ran (the weighted style/prompt sum)
     jobs        per-job scores in the canonical job order (prompt-major, then seed); NaN = not run
     partial     True when pruning stopped it early: its value is an estimate, never a best
-    per_prompt, style, prompt, identity, seconds, fail_reason, grid_artifact
+    per_prompt, style, prompt, identity, terms, seconds, fail_reason, grid_artifact
 
 Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint.
 
@@ -43,6 +43,7 @@ PER_PROMPT = "per_prompt"
 STYLE = "style"
 PROMPT = "prompt"
 IDENTITY = "identity"
+TERMS = "terms"  # {term: mean} of every judge's term (style, prompt, identity, aesthetic, ...)
 SECONDS = "seconds"
 FAIL_REASON = "fail_reason"
 GRID = "grid_artifact"
@@ -153,6 +154,8 @@ def write_evaluation(trial, evaluation, value: Optional[float] = None) -> None:
     trial.set_user_attr(PROMPT, evaluation.mean_prompt)
     if evaluation.identity is not None:
         trial.set_user_attr(IDENTITY, _nanmean(evaluation.identity))
+    if getattr(evaluation, "terms", None):
+        trial.set_user_attr(TERMS, {name: _nanmean(values) for name, values in evaluation.terms.items()})
     trial.set_user_attr(SECONDS, {k: round(v, 4) for k, v in evaluation.seconds.items()})
     if evaluation.partial:
         trial.set_user_attr(PARTIAL, True)

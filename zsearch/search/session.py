@@ -44,7 +44,9 @@ def load_scorers(config: Config, device) -> Scorers:
         from ..engine.dino import DinoScorer
         identity = DinoScorer.load(config.identity.model, config.identity.references, device=device,
                                    cache_dir=config.cache_dir)
-    return Scorers(clip, identity)
+    from ..engine.judges import build_panel
+    panel = build_panel(clip, identity, config.judges, config.references, clip_pretrained=config.scorer.pretrained)
+    return Scorers(clip, identity, panel)
 
 
 class Session:

@@ -208,7 +208,7 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
     while setting up) is replaced, so the fixed command runs.
     """
     storage = make_storage(config)
-    directions = ["maximize", "maximize"] if config.objective.pareto else ["maximize"]
+    directions = ["maximize"] * len(config.pareto_terms) if config.objective.pareto else ["maximize"]
     start_recipes = [(path, load_recipe(path)) for path in config.start]  # fail before touching the study
     for path, recipe in start_recipes:
         if len(recipe.loras) != len(config.loras):
@@ -241,7 +241,7 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
     study.pruner = make_pruner(config)
     if created or "fingerprint" not in study.user_attrs:  # (or its creator died while setting it up)
         _enqueue_first(config, space, study, start_recipes)
-        study.set_metric_names(["style", "prompt"] if config.objective.pareto else ["score"])
+        study.set_metric_names(config.pareto_terms if config.objective.pareto else ["score"])
         study.set_user_attr("space", space.describe())
         study.set_user_attr("fingerprint", config.fingerprint(hashes))  # last: it marks the set-up done
     hashes.save()

@@ -1,0 +1,63 @@
+"""`zsearch review CONFIG`: compare the top candidates' held-out renders in optuna-dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..inputs import check_inputs, load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("review", help="the morning review: pick between the top candidates' renders "
+                                      "in optuna-dashboard (127.0.0.1); `zsearch best` follows your choice")
+    p.add_argument("config", type=Path)
+    p.add_argument("--top-k", type=int, default=4, help="candidates besides the baseline (default 4)")
+    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    p.set_defaults(func=cmd_review)
+
+
+def cmd_review(args) -> int:
+    from ..search.best import export_best
+    from ..search.review import ReviewServer, open_review, pick_candidates, render_candidates
+    from ..search.study import artifact_store, check_fingerprint, make_storage
+    from .search_tools import _existing_study, _summary
+
+    config = load_config(args.config)
+    study = _existing_study(config)
+    check_inputs(config)
+    check_fingerprint(config, study)  # the trials' params must map to this config's LoRAs
+    candidates = pick_candidates(study, args.top_k)
+    print(f"zsearch: rendering {len(candidates)} candidates on the held-out seeds ...", flush=True)
+    renders = render_candidates(config, candidates, config.out_dir / "review")
+    store = artifact_store(config)
+    review = open_review(config, study, candidates, renders, store)
+    server = ReviewServer(review, make_storage(config), store, port=args.port).start()
+    print(f"review of {len(candidates)} candidates ({len(review.pairs)} pairs) at {server.url}\n"
+          f"  click 'Worst' on the worse of the two renders; Ctrl-C when done", flush=True)
+    announced = False
+    try:
+        while True:
+            time.sleep(0.5)
+            if not announced and review.finished:
+                print("all pairs answered; Ctrl-C to finish (or Undo in the page)", flush=True)
+                announced = True
+    except KeyboardInterrupt:
+        pass
+    record = server.stop()
+    print(_ranking(record), flush=True)
+    if record["chosen"] is not None:
+        print(_summary(config, export_best(config, study, store)), flush=True)
+    return 0
+
+
+def _ranking(record: dict) -> str:
+    if not record["choices"]:
+        return "review: no choice made; best.* is unchanged"
+    lines = [f"review: {len(record['choices'])} choices over {len(record['candidates'])} candidates "
+             f"({record['model']}):"]
+    for row in record["ranking"]:
+        lines.append(f"  {row['label']}: trial {row['trial']:>4}  strength {row['strength']:.3f}  "
+                     f"won {row['wins']}, lost {row['losses']}")
+    return "\n".join(lines)
