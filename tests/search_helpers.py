@@ -84,7 +84,8 @@ def known_optimum_config(tmp_path: Path, assets, **overrides):
                                               "prompts": list(assets.reference_prompts),
                                               "output": str(tmp_path / "out" / "w_star_refs")}))
     refs.mkdir(exist_ok=True)
-    (refs / "placeholder.png").write_bytes(b"")  # lets the configs load before the renders exist
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(refs / "placeholder.png")  # lets the configs load before the renders exist
     config, reference_config = load_config(path), load_config(reference_path)
     check_inputs(config)
     check_inputs(reference_config)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .blocks import GROUPS, N_LAYERS
 from .errors import UserError
-from .imagefiles import image_files
+from .fingerprint import fingerprint
 
 
 class _Strict(BaseModel):
@@ -254,36 +254,13 @@ class Config(_Strict):
     def searched(self) -> list[int]:
         return [i for i, lora in enumerate(self.loras) if lora.search is not None]
 
-    def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes what a trial's score means; a resume must match it."""
-        return {
-            "model": _as_written(self.model),
-            "loras": [{"file": lora.path.name, "ratio": lora.ratio,
-                       "search": lora.search.model_dump(mode="json") if lora.search else None}
-                      for lora in self.loras],
-            "references": sorted(p.name for p in image_files(self.references)),
-            "prompts": self.prompt_list,
-            "seeds": self.seeds,
-            "render": self.render.model_dump(exclude={"batch", "way", "compile", "memory"}),
-            "scorer": {k: _as_written(str(v)) for k, v in self.scorer.model_dump().items()},
-            "identity": _as_written(self.identity.model) if self.identity else None,
-            "objective": self.objective.model_dump(exclude_none=True),  # no `terms`: as before it existed
-            **({"judges": [{k: _as_written(str(v)) if k in ("model", "checkpoint") and v else v
-                            for k, v in j.model_dump().items()} for j in self.judges]} if self.judges else {}),
-            "bands": self.search.bands,
-            "screen": self.search.screen,
-        }
+    def fingerprint(self, hashes=None) -> dict[str, Any]:
+        """What a trial's score measured, by content (see zsearch.fingerprint)."""
+        return fingerprint(self, hashes)
 
     def fingerprint_hash(self) -> str:
         text = json.dumps(self.fingerprint(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _as_written(name: str) -> str:
-    """A hub id as is; a local path by its last part, so a moved project still resumes."""
-    prefix = "local-dir:" if name.startswith("local-dir:") else ""
-    rest = name.removeprefix(prefix)
-    return prefix + Path(rest).name if rest.startswith("/") else name
 
 
 def _one_line(error: ValidationError, source: Path) -> str:

@@ -15,7 +15,6 @@ The demo is a miniature of real use:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -431,12 +430,10 @@ def _one_thread():
 
 @contextmanager
 def _lock(path: Path):
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    from filelock import FileLock  # an OS lock on every OS (fcntl is POSIX-only)
+
+    with FileLock(str(path)):
+        yield
 
 
 def _build_once(target: Path, build) -> None:

@@ -47,3 +47,22 @@ def job_grid(images: torch.Tensor, n_prompts: int) -> Image.Image:
     n_seeds = images.shape[0] // n_prompts
     by_seed = images.view(n_prompts, n_seeds, *images.shape[1:]).transpose(0, 1).reshape(images.shape)
     return render_grid(by_seed, columns=n_prompts)
+
+
+THUMB_SIDE = 256  # per image, in the per-trial dashboard grids
+
+
+def shrink(images: torch.Tensor, max_side: int = THUMB_SIDE) -> torch.Tensor:
+    """Images (N,3,H,W) scaled down (antialiased) so neither side exceeds `max_side`; never up."""
+    height, width = images.shape[-2:]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return images
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.nn.functional.interpolate(images.detach().float(), size=size, mode="bilinear",
+                                           antialias=True, align_corners=False).clamp(0, 1)
+
+
+def save_jpeg(image: Image.Image, path: str | Path, quality: int = 85) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="JPEG", quality=quality)

@@ -69,6 +69,7 @@ def check_inputs(config: Config) -> None:
     for i, lora in enumerate(config.loras):
         if not lora.path.is_file():
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
+        _check_readable(lora.path, f"{config.source}: loras[{i}].path")
     if not config.references.is_dir():
         raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
     if not image_files(config.references):
@@ -81,6 +82,82 @@ def check_inputs(config: Config) -> None:
     if not config.validation_prompts:
         v = config.validation.prompts
         config.validation_prompts = read_prompts(v) if isinstance(v, Path) else list(config.prompt_list)
+
+
+def check_setup(config: Config) -> None:
+    """What a run needs beyond its files, checked before any study exists: the model, the
+    judges' references and names, and output folders it can write."""
+    from .engine.pipeline import check_local_folder, is_local
+    if is_local(config.model):
+        try:
+            check_local_folder(config.model)
+        except UserError as exc:
+            raise UserError(f"{config.source}: model: {exc}") from None
+    _check_references(config.references, f"{config.source}: references")
+    if config.identity is not None:
+        _check_references(config.identity.references, f"{config.source}: identity.references")
+    _check_scorer_name(config)
+    for key, folder in (("output", config.out_dir), ("cache", config.cache_dir)):
+        check_writable_folder(folder, f"{config.source}: {key}")
+
+
+MIN_REFERENCE_SIDE = 32  # smaller images say nothing a scorer (CLIP sees 224 px) can use
+
+
+def _check_references(folder: Path, where: str) -> None:
+    from PIL import Image, UnidentifiedImageError
+    if not folder.is_dir():
+        raise UserError(f"{where}: {folder} is not a folder of images")
+    files = image_files(folder)
+    if not files:
+        raise UserError(f"{where}: no .png/.jpg/.webp images in {folder}")
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise UserError(f"{where}: {path} cannot be read as an image ({exc.__class__.__name__}); "
+                            f"replace or remove it") from None
+        if min(width, height) < MIN_REFERENCE_SIDE:
+            raise UserError(f"{where}: {path} is {width}x{height} px, too small for the scorer; use "
+                            f"images of at least {MIN_REFERENCE_SIDE} px a side (ideally 224 or more)")
+
+
+def _check_scorer_name(config: Config) -> None:
+    model, pretrained = config.scorer.model, config.scorer.pretrained
+    if model.startswith(("local-dir:", "hf-hub:")):
+        return
+    import open_clip
+    if model.replace("/", "-") not in open_clip.list_models():
+        raise UserError(f"{config.source}: scorer.model: '{model}' is not an open_clip model; use a name "
+                        f"from open_clip.list_models() (e.g. ViT-L-14), an hf-hub: or a local-dir: name")
+    if pretrained and not Path(pretrained).is_file() and not pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) \
+            and pretrained not in open_clip.list_pretrained_tags_by_model(model.replace("/", "-")):
+        raise UserError(f"{config.source}: scorer.pretrained: '{pretrained}' is not a tag of {model} nor a "
+                        f"checkpoint file; see open_clip.list_pretrained()")
+
+
+def _check_readable(path: Path, where: str) -> None:
+    try:
+        with open(path, "rb") as handle:
+            handle.read(8)
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read {path} ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def check_writable_folder(folder: Path, where: str) -> None:
+    """`folder` is, or can be made, a folder this process can write; nothing is created."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{where}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: {probe} is not writable (permission denied or read-only); "
+                        f"choose another folder")
 
 
 def read_prompts(path: Path) -> list[str]:

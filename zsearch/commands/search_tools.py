@@ -5,8 +5,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..inputs import check_inputs, load_config
+from ..inputs import check_inputs, check_writable_folder, load_config
 from ..errors import UserError
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number; use 1-65535, e.g. 8080")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the server starts (and prints its banner) when the port is taken."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1)")
     p.add_argument("config", type=Path)
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port_number, default=8080, help="a free port, 1-65535 (default 8080)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("render", help="render the config's prompts and seeds with a recipe")
@@ -87,6 +107,7 @@ def cmd_best(args) -> int:
     config = load_config(args.config)
     study = _existing_study(config)
     check_inputs(config)
+    check_writable_folder(config.out_dir, f"{config.source}: output")
     check_fingerprint(config, study)  # a changed config would map the trials' params wrongly
     print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
     return 0
@@ -105,6 +126,7 @@ def cmd_dashboard(args) -> int:
     from ..search.study import artifact_store, make_storage
     config = load_config(args.config)
     _existing_study(config)
+    check_port_free("127.0.0.1", args.port)
     url = f"http://127.0.0.1:{args.port}/dashboard"
     print(f"optuna-dashboard for study '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
     try:
@@ -124,6 +146,7 @@ def cmd_render(args) -> int:
     if len(recipe.loras) != len(config.loras):
         raise UserError(f"{args.recipe}: the recipe has {len(recipe.loras)} LoRAs, the config {len(config.loras)}")
     out = args.out or config.out_dir / f"render-{args.recipe.stem if args.recipe else 'baseline'}"
+    check_writable_folder(out, "-o")
     if not args.force and out.is_dir() and any(out.glob("*.png")):
         raise UserError(f"{out}: already holds images; choose another -o or pass --force to replace them")
     paths = render_recipe(config, recipe, out)

@@ -163,8 +163,8 @@ def _timing(facts: StudyFacts) -> None:
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in facts.complete
                  if t.datetime_start and t.datetime_complete]
     facts.trial_seconds = statistics.fmean(durations) if durations else None
-    facts.workers = len({t.system_attrs.get(records.WORKER) for t in facts.trials
-                         if t.system_attrs.get(records.WORKER)})
+    facts.workers = len({w for t in facts.trials  # a user attr; a system attr in older studies
+                         if (w := t.user_attrs.get(records.WORKER) or t.system_attrs.get(records.WORKER))})
     reasons: dict[str, int] = {}
     for t in facts.trials:
         if t.state == TrialState.FAIL:

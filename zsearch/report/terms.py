@@ -92,12 +92,25 @@ def _front(study: optuna.Study, folder: Path, store) -> list[Block]:
 
 
 def _grid(store, trial: FrozenTrial) -> Optional[bytes]:
-    artifact = trial.user_attrs.get(GRID_ATTR)
-    if store is None or not artifact:
+    """The trial's grid as PNG bytes: its full-size grid when kept, else its thumbnail (JPEG)."""
+    if store is None:
         return None
-    try:
-        with store.open_reader(artifact) as reader:
-            data = reader.read()
-    except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
-        return None
-    return data if data[:8] == b"\x89PNG\r\n\x1a\n" else None
+    for artifact in (trial.user_attrs.get("grid_full_artifact"), trial.user_attrs.get(GRID_ATTR)):
+        if not artifact:
+            continue
+        try:
+            with store.open_reader(artifact) as reader:
+                data = reader.read()
+        except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
+            continue
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            return data
+        try:
+            import io
+            from PIL import Image as PILImage
+            out = io.BytesIO()
+            PILImage.open(io.BytesIO(data)).convert("RGB").save(out, format="PNG")
+            return out.getvalue()
+        except Exception:  # noqa: BLE001 - not an image: no picture
+            continue
+    return None

@@ -7,7 +7,6 @@ corrupting them.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from typing import Optional
 
 import optuna
 import yaml
+from filelock import FileLock
 from PIL import Image
 from optuna.trial import FrozenTrial, TrialState
 
@@ -32,7 +32,8 @@ from .review import reviewed_best
 from .space import SearchSpace
 from .trust import validated_best
 
-GRID_ATTR = records.GRID
+GRID_ATTR = records.GRID  # every trial: a thumbnail grid (JPEG)
+FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, the top trials: full size (PNG)
 
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
@@ -66,12 +67,8 @@ def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
 @contextmanager
 def _locked(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".best.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(folder / ".best.lock")):  # an OS lock on Windows, macOS and Linux alike
+        yield
 
 
 def _written(path: Path) -> Optional[tuple[int, dict]]:
@@ -146,14 +143,17 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
 
 
 def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
-    artifact = trial.user_attrs.get(GRID_ATTR) if trial else None
-    if not artifact:
-        return None
-    try:
-        with store.open_reader(artifact) as reader:
-            return Image.open(io.BytesIO(reader.read())).convert("RGB")
-    except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
-        return None
+    """A trial's full-size grid, else its thumbnail (full size is kept for the top trials only)."""
+    attrs = trial.user_attrs if trial else {}
+    for artifact in (attrs.get(FULL_GRID_ATTR), attrs.get(GRID_ATTR)):
+        if not artifact:
+            continue
+        try:
+            with store.open_reader(artifact) as reader:
+                return Image.open(io.BytesIO(reader.read())).convert("RGB")
+        except Exception:  # noqa: BLE001 - a missing artifact only costs the picture
+            continue
+    return None
 
 
 def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:

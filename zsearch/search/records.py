@@ -48,7 +48,7 @@ SECONDS = "seconds"
 FAIL_REASON = "fail_reason"
 GRID = "grid_artifact"
 RETRY_OF = "retry_of"
-WORKER = "zsearch.worker"  # a system attribute: host:pid of the process running the trial
+WORKER = "zsearch.worker"  # a user attribute (system attribute in older studies): the worker's unique id
 
 NOISE = "noise"
 VALIDATION = "validation"

@@ -22,6 +22,7 @@ from .session import Session
 from .signals import GracefulStop
 from .space import SearchSpace
 from .trust import analyse_screening, frozen_params, measure_noise, validate
+from .workers import Lease
 
 log = logging.getLogger("zsearch")
 
@@ -34,7 +35,13 @@ def finished_count(study: optuna.Study) -> int:
 def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
     """Run (or resume) the study until its trial budget or time budget is spent."""
     session = Session(config)
+    session.study  # opened (and checked against its inputs) before anything is written
     setup_log(config)
+    with Lease(config.out_dir):  # held while this worker may run trials; the OS drops it if we die
+        return _run(config, session, trials, show_progress)
+
+
+def _run(config: Config, session: Session, trials: Optional[int], show_progress: bool):
     study, store = session.study, session.store
     total = trials if trials is not None else config.search.trials
     done = finished_count(study)

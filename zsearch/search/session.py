@@ -9,18 +9,19 @@ from __future__ import annotations
 from functools import cached_property
 
 from ..config import Config
-from ..inputs import check_inputs
+from ..inputs import check_inputs, check_setup
 from .evaluate import Scorers
 from .space import SearchSpace
 from .study import artifact_store, open_study
 
 
 def prepare(config: Config) -> None:
-    """Build the demo's tiny models when asked, then check every input file exists."""
+    """Build the demo's tiny models when asked, then check every input before any study exists."""
     if config.demo is not None:
         from ..demo import build_demo
         build_demo(config.demo)
     check_inputs(config)
+    check_setup(config)
 
 
 def load_engine(config: Config, planned_images: int = 0):
@@ -52,6 +53,8 @@ class Session:
     """A config made ready: inputs checked at once; study, engine and judges opened when first used."""
 
     def __init__(self, config: Config):
+        import optuna
+        optuna.logging.disable_default_handler()  # Optuna's stderr lines would break one-line errors
         self.config = config
         self.planned_images = 0  # `zsearch run` sets it before the engine loads (render.compile auto)
         prepare(config)

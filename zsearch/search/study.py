@@ -1,49 +1,125 @@
-"""The Optuna study: storage, sampler, pruner, resume rules and the trials queued first."""
+"""The Optuna study: storage, sampler, pruner, resume rules and the trials queued first.
+
+Several workers may share one study (PostgreSQL across machines; SQLite or a journal file on one
+machine). A trial whose worker died is failed with `study.tell(..., state=FAIL)` and retried by
+Optuna's own bounded `RetryFailedTrialCallback` — found at once through the worker leases on the
+same machine (`workers.py`), through the RDB heartbeat on other machines.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
-import socket
+import random
+import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from ..config import Config
 from ..errors import UserError
+from ..fingerprint import FileHashes, same_measurement
 from ..recipe import load_recipe
 from .space import SearchSpace
 from .startup import SobolStartup
 from .trust import screening_values
+from .workers import WORKER_ATTR, WORKER_ID, is_dead
 
-WORKER_ATTR = "zsearch.worker"  # host:pid of the process running a trial
-RETRY_ATTR = "retry_of"
+log = logging.getLogger("zsearch")
+
+MAX_RETRIES = 2  # a trial whose worker died is run again at most this often
+HEARTBEAT_S, GRACE_S = 60, 180
+OPEN_ATTEMPTS = 6  # workers started together race to create the schema; the losers retry
+SETUP_WAIT_S = 60  # how long a joining worker waits for the creator to queue the first trials
+
+
+def retry_failed() -> RetryFailedTrialCallback:
+    return RetryFailedTrialCallback(max_retry=MAX_RETRIES)
+
+
+def shown_url(url: str) -> str:
+    """The storage URL without its password, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: nothing to hide
+        return url
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's own first line (e.g. 'connection refused', 'password authentication failed')."""
+    inner = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = str(inner).strip().splitlines()
+    return f"{inner.__class__.__name__}: {text[0].strip()}" if text else inner.__class__.__name__
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """An error from another worker creating the same tables at the same moment."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError, OperationalError
+    text = str(exc).lower()
+    return isinstance(exc, IntegrityError) or (
+        isinstance(exc, (ProgrammingError, OperationalError))
+        and any(k in text for k in ("already exists", "duplicate", "database is locked")))
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    # Heartbeats let a study fail trials of a worker that died on another machine. The
+    # callback's keyword was renamed in Optuna 4.9; take whichever this Optuna has.
+    params = inspect.signature(optuna.storages.RDBStorage).parameters
+    callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+                else "failed_trial_callback")
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{callback: retry_failed()},
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
 
 
 def make_storage(config: Config) -> optuna.storages.BaseStorage:
-    """An Optuna storage from the config: any RDB URL, or `journal:PATH` for a journal file."""
+    """An Optuna storage from the config: any RDB URL, or `journal:PATH` for a journal file.
+
+    A journal has no heartbeat, so it is for workers on one machine (they find each other's
+    dead trials through their leases); use PostgreSQL across machines.
+    """
     url = config.storage_url
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         path = Path(url.removeprefix("journal:"))
         if not path.is_absolute():
             path = config.source.resolve().parent / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise UserError(f"storage: cannot write the journal {path} ({exc.strerror or exc}); "
+                            f"check 'storage:'") from None
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # Heartbeats let a study fail trials of a worker that died on another machine.
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=60, grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"storage: {url} needs the database driver '{exc.name}'; pip install it") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
-        raise UserError(f"storage: cannot open {url} ({exc.__class__.__name__}); check the URL") from None
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"storage: cannot create {folder} ({exc.strerror or exc}); "
+                            f"check 'storage:' or 'output:'") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"storage: {folder} is not writable; check 'storage:' or 'output:'")
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return _rdb_storage(url)
+        except (ImportError, ModuleNotFoundError) as exc:
+            name = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "its driver"
+            raise UserError(f"storage: {shown_url(url)} needs the database driver '{name}'; "
+                            f"pip install it (PostgreSQL: psycopg2-binary)") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
+            if _schema_race(exc) and attempt + 1 < OPEN_ATTEMPTS:
+                time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))  # the winner finishes the schema
+                continue
+            raise UserError(f"storage: cannot open {shown_url(url)} ({_cause(exc)}); "
+                            f"check the URL, the server and its user's rights") from None
+    raise AssertionError("unreachable")
 
 
 def artifact_store(config: Config) -> FileSystemArtifactStore:
@@ -91,62 +167,45 @@ def make_pruner(config: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_orphans(study: optuna.Study) -> int:
-    """Fail and re-queue the running trials of dead zsearch processes on this machine.
-
-    A `kill -9` leaves its trial RUNNING forever; on this host we can tell at once that its
-    process is gone. (Workers on other machines are covered by storage heartbeats.)
-    """
-    host = socket.gethostname()
+def fail_dead_workers(config: Config, study: optuna.Study) -> int:
+    """Fail and retry the running trials of workers that died on this machine (kill -9, power cut)."""
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(WORKER_ATTR, "")
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if not is_dead(config.out_dir, trial.user_attrs.get(WORKER_ATTR)):
             continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker process died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except RuntimeError:  # another worker got there first (UpdateFinishedTrialError)
-            continue
-        # Keep its role (baseline, screening point): the retry stands in for it.
-        attrs = {k: v for k, v in trial.user_attrs.items() if k == "role"}
-        study.enqueue_trial(trial.params, user_attrs={**attrs, RETRY_ATTR: trial.number}, skip_if_exists=False)
-        recovered += 1
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        failed = study.get_trials(deepcopy=False)[trial.number]
+        if failed.state == TrialState.FAIL:
+            log.warning("trial %d: its worker died; running it again", trial.number)
+            retry_failed()(study, failed)  # the same bounded retry as the heartbeat's
+            recovered += 1
     return recovered
 
 
-def check_fingerprint(config: Config, study: optuna.Study) -> None:
-    """Refuse a study that was run with another search space or scoring set-up."""
+def check_fingerprint(config: Config, study: optuna.Study, hashes: Optional[FileHashes] = None) -> None:
+    """Refuse a study that measured other inputs (by content) or another search space."""
     recorded = study.user_attrs.get("fingerprint")
-    current = config.fingerprint()
-    if recorded is not None and recorded != current:
-        changed = sorted(k for k in current if recorded.get(k) != current[k])
+    if recorded is None:
+        return
+    changed = same_measurement(recorded, config.fingerprint(hashes))
+    if changed:
         raise UserError(
-            f"{config.source}: study '{config.name}' was run with a different {', '.join(changed)}; "
-            f"set a new 'name:' to start a new study (or restore the old settings to resume)")
+            f"{config.source}: study '{config.name}' measured other inputs; changed: {', '.join(changed)}; "
+            f"set a new 'name:' to start a new study (or restore them to resume)")
+
+
+def _never_measured(study: optuna.Study) -> bool:
+    """A study whose set-up failed (a typo, a missing model): nothing in it is worth keeping."""
+    return not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
 
 
 def open_study(config: Config, space: SearchSpace) -> optuna.Study:
-    """Create or resume the study; refuse a resume whose search space or scoring changed.
+    """Create or resume the study; refuse a resume whose inputs, search space or scoring changed.
 
     Only the process that creates the study queues its first trials and uses the config's seed
-    as is; a resume or a joining worker mixes in its trial count and pid, so no two samplers
-    replay the same points.
+    as is; a resume or a joining worker mixes in its trial count and worker id, so no two
+    samplers replay the same points. A study that never measured anything (its first run failed
+    while setting up) is replaced, so the fixed command runs.
     """
     storage = make_storage(config)
     directions = ["maximize"] * len(config.pareto_terms) if config.objective.pareto else ["maximize"]
@@ -155,14 +214,28 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
         if len(recipe.loras) != len(config.loras):
             raise UserError(f"{path}: the recipe has {len(recipe.loras)} LoRAs, the config "
                             f"{len(config.loras)}; list them in the same order")
-    try:
-        optuna.create_study(study_name=config.name, storage=storage, directions=directions)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        created = False
-    study = optuna.load_study(study_name=config.name, storage=storage)
-    if not created:
-        check_fingerprint(config, study)
+    hashes = FileHashes(config.cache_dir / "file-hashes.json")
+    for attempt in range(3):
+        try:
+            optuna.create_study(study_name=config.name, storage=storage, directions=directions)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            created = False
+        study = optuna.load_study(study_name=config.name, storage=storage)
+        if created:
+            break
+        _wait_for_setup(study)
+        try:
+            check_fingerprint(config, study, hashes)
+            break
+        except UserError:
+            if attempt == 2 or not _never_measured(study):
+                raise
+            log.warning("study '%s' never measured a trial (its set-up failed); starting it afresh", config.name)
+            try:
+                optuna.delete_study(study_name=config.name, storage=storage)
+            except KeyError:
+                pass  # another worker replaced it first
     seed = config.search.seed if created else _resume_seed(config.search.seed, len(study.trials))
     study.sampler = make_sampler(config, seed, len(space))  # the seed needed the trial count first
     study.pruner = make_pruner(config)
@@ -170,14 +243,23 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
         _enqueue_first(config, space, study, start_recipes)
         study.set_metric_names(config.pareto_terms if config.objective.pareto else ["score"])
         study.set_user_attr("space", space.describe())
-        study.set_user_attr("fingerprint", config.fingerprint())
-    recover_orphans(study)
+        study.set_user_attr("fingerprint", config.fingerprint(hashes))  # last: it marks the set-up done
+    hashes.save()
+    fail_dead_workers(config, study)
     return study
+
+
+def _wait_for_setup(study: optuna.Study) -> None:
+    """A worker joining a study its creator is still setting up waits for the first trials."""
+    deadline = time.time() + SETUP_WAIT_S
+    while "fingerprint" not in study.user_attrs and time.time() < deadline:
+        time.sleep(0.25)
 
 
 def _resume_seed(seed: int, n_trials: int) -> int:
     """A fresh seed per resume (and per worker), so no run replays earlier points."""
-    return int(np.random.SeedSequence([seed, n_trials, os.getpid()]).generate_state(1)[0])
+    worker = int(WORKER_ID.rsplit("-", 1)[1], 16)  # unique across machines and containers
+    return int(np.random.SeedSequence([seed, n_trials, worker]).generate_state(1)[0])
 
 
 def _enqueue_first(config: Config, space: SearchSpace, study: optuna.Study, start_recipes) -> None:

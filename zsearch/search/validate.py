@@ -16,8 +16,8 @@ from .trust import validate
 def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:
     """Re-score the top trials of the config's study on the validation set; rewrite best.*."""
     session = Session(config)
+    study = session.study  # opened (and checked against its inputs) before anything is written
     setup_log(config)
-    study = session.study
     engine = session.engine
     log_validation(validate(config, study, session.space, engine, session.scorers))
     return export_best(config, study, session.store, force=True)
