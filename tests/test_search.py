@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import signal
 import time
 from pathlib import Path
@@ -55,6 +57,9 @@ def test_run_writes_every_output_and_best_matches_the_study(tmp_path, demo_asset
     assert set(written) == set(expected)
     for key in expected:
         assert torch.equal(written[key], expected[key]), key
+    from safetensors import safe_open
+    with safe_open(out / "best.safetensors", "pt") as handle:  # the merge's own record: exact, no SVD
+        assert json.loads(handle.metadata()["zsearch.merge"]) == {"rank": None, "dtype": "float32"}
 
     # Every complete trial has its grid in the artifact store and its per-prompt scores.
     for trial in study.trials:

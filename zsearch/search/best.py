@@ -131,9 +131,9 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
                 and _written_by(out / "best.yaml") == chosen_by(study, trial):
             return trial
         recipe = best_recipe(config, SearchSpace(config), study, trial)
-        tensors, _ = merge_recipe(recipe)
+        tensors, report = merge_recipe(recipe)
         target = out / "best.safetensors"
-        metadata = {**merge_metadata(recipe, target, trial=trial.number),
+        metadata = {**merge_metadata(recipe, target, trial=trial.number), **report.metadata(),
                     **provenance_metadata(config, recipe, recipe.info["scores"]),
                     "zsearch.chosen_by": json.dumps(recipe.info["chosen_by"])}
         save_lora(tensors, target, metadata=metadata, force=True, inputs=[lw.path for lw in recipe.loras])
