@@ -60,13 +60,17 @@ def faithfulness(config, assets) -> dict:
     best = evaluator.evaluate(w_star)
     base = evaluator.evaluate(space.recipe(space.baseline()))
     lower, total, worst = 0, 0, []
+    term_lower = {name: 0 for name in best.terms}  # per judge term: nudges where that term alone is lower
     for p in space.params:
         step = 0.05 * (p.high - p.low)
         for sign in (-1, 1):
             value = min(max(star[p.name] + sign * step, p.low), p.high)
             if value == star[p.name]:
                 continue
-            score = evaluator.evaluate(space.recipe({**star, p.name: value})).value
+            nudged = evaluator.evaluate(space.recipe({**star, p.name: value}))
+            score = nudged.value
+            for name in term_lower:
+                term_lower[name] += nudged.mean_term(name) < best.mean_term(name)
             total += 1
             lower += score < best.value
             worst.append((score - best.value, f"{p.name}{'+' if sign > 0 else '-'}"))
@@ -80,7 +84,9 @@ def faithfulness(config, assets) -> dict:
     loras = load_loras([lora.path for lora in config.loras])
     return {
         "score_w_star": best.value, "score_baseline": base.value,
-        "nudges_lower": lower / total, "nudges": total, "highest_nudges": sorted(worst)[-3:],
+        "nudges_lower": lower / total, "nudges": total,
+        "term_nudges_lower": {name: n / total for name, n in term_lower.items()}, "highest_nudges": sorted(worst)[-3:],
+        "higher_nudges": [name for gain, name in sorted(worst) if gain >= 0],
         "sigma_ratio": spread / (best.value - base.value), "baseline_sigma": spread,
         "look_cosine": float((cos.sum() - cos.diag().sum()) / (n * n - n)),
         "baseline_distance": weight_distance(loras, space.recipe(space.baseline()), assets.hidden_recipe),
@@ -115,6 +121,8 @@ def main() -> None:
         print(f"score(w*) {f['score_w_star']:.4f}  score(baseline) {f['score_baseline']:.4f}")
         print(f"nudges lower than w*: {f['nudges_lower']:.0%} of {f['nudges']} (target >= 95 %); "
               f"highest: {f['highest_nudges']}")
+        print(f"nudges not lower: {' '.join(f['higher_nudges'])}")
+        print("nudges lower per term: " + ", ".join(f"{k} {v:.0%}" for k, v in f["term_nudges_lower"].items()))
         print(f"baseline sigma {f['baseline_sigma']:.4f} = {f['sigma_ratio']:.3f} x gain (target <= 0.2)")
         print(f"look: pixel change baseline->w* cosine across jobs {f['look_cosine']:.3f}")
         print(f"baseline weight-space distance to w*: {f['baseline_distance']:.3f}")
