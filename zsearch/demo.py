@@ -16,6 +16,7 @@ The demo is a miniature of real use:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -344,7 +345,12 @@ def _build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "open_clip_config.json").write_text(json.dumps(CLIP_CONFIG, indent=2))
     torch.manual_seed(1)
-    model = open_clip.create_model(f"local-dir:{out_dir}")  # random init from the config
+    # A random init is the point here; open_clip warns (on the root logger) that no weights were found.
+    logging.disable(logging.WARNING)
+    try:
+        model = open_clip.create_model(f"local-dir:{out_dir}")
+    finally:
+        logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out_dir}")
 
     pipe = _load_pipeline(assets.model_dir)
