@@ -16,7 +16,7 @@ from . import pruning, records
 from .best import FULL_GRID_ATTR as FULL_GRID
 from .evaluate import Evaluation, Evaluator, TrialFailed
 from .space import SearchSpace
-from .workers import WORKER_ATTR, WORKER_ID
+from .workers import WORKER_ID
 
 
 class Objective:
@@ -24,7 +24,7 @@ class Objective:
         self.config, self.space, self.evaluator, self.store, self.study = config, space, evaluator, store, study
 
     def __call__(self, trial: optuna.Trial):
-        trial.set_user_attr(WORKER_ATTR, WORKER_ID)  # first: a dead worker's trial is told apart by it
+        trial.set_user_attr(records.WORKER, WORKER_ID)  # first: a dead worker's trial is told apart by it
         recipe = self.space.suggest(trial)
 
         # Optuna prunes single-objective studies only; and the baseline, screening and start

@@ -29,7 +29,8 @@ from ..recipe import load_recipe
 from .space import SearchSpace
 from .startup import SobolStartup
 from .trust import screening_values
-from .workers import WORKER_ATTR, WORKER_ID, is_dead
+from .records import WORKER
+from .workers import WORKER_ID, is_dead
 
 log = logging.getLogger("zsearch")
 
@@ -171,7 +172,7 @@ def fail_dead_workers(config: Config, study: optuna.Study) -> int:
     """Fail and retry the running trials of workers that died on this machine (kill -9, power cut)."""
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_dead(config.out_dir, trial.user_attrs.get(WORKER_ATTR)):
+        if not is_dead(config.out_dir, trial.user_attrs.get(WORKER)):
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         failed = study.get_trials(deepcopy=False)[trial.number]

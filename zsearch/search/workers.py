@@ -16,7 +16,6 @@ from typing import Optional
 
 from filelock import FileLock, Timeout
 
-WORKER_ATTR = "zsearch.worker"  # user attr: the worker that ran a trial
 WORKER_ID = f"{socket.gethostname()}-{uuid.uuid4().hex}"  # one per process
 
 
