@@ -74,7 +74,9 @@ def test_three_workers_started_together_share_one_study(tmp_path, demo_assets, e
         assert proc.returncode == 0, err
     study = optuna.load_study(study_name="t", storage=empty_db)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == trials
+    # Each worker checks the budget before it starts a trial, so workers that check at the same
+    # moment can overshoot by at most one trial each (seen: 10 of 9 in 1 of 3 CI runs).
+    assert trials <= len(finished) <= trials + len(workers) - 1
     assert [t.user_attrs.get("role") for t in study.trials].count("baseline") == 1  # queued once
     params = [tuple(sorted(t.params.items())) for t in finished]
     assert len(set(params)) == len(params)  # no trial duplicated
