@@ -96,8 +96,9 @@ def _mid_render(study):
     """Two trials complete and a third running with all its weights chosen (so killed mid-render,
     not mid-suggestion; a slow sampler, as on Optuna 4.0, can otherwise be caught between two
     suggest calls)."""
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    running = [t for t in study.trials if t.state == TrialState.RUNNING]
+    trials = study.trials  # one read of the storage per poll
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
     return (len(complete) >= 2 and bool(running)
             and len(running[0].params) == len(complete[0].params))
 
