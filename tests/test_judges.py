@@ -13,11 +13,14 @@ from zsearch.config import JudgeEntry as JudgeSpec
 from zsearch.engine.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, Panel,
                                    PreferenceJudge, build_panel)
 from zsearch.engine.judges.tiny import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
+from zsearch.demo import CLIP_CONFIG
 from zsearch.engine.judges.weights import read_state_dict
 from zsearch.engine.scorer import Scorer, preprocess, read_image
 from zsearch.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
 
 
 def quantised(n: int, seed: int, size: int = 32) -> torch.Tensor:
@@ -54,7 +57,7 @@ def test_aesthetic_head_has_the_released_layout():
 
 
 def test_aesthetic_is_the_mlp_on_the_shared_unit_clip_embedding(clip_scorer, tmp_path):
-    head_file = build_tiny_aesthetic(tmp_path / "head.safetensors", input_size=32)
+    head_file = build_tiny_aesthetic(tmp_path / "head.safetensors", input_size=DEMO_CLIP_WIDTH)
     clip = ClipJudge(clip_scorer)
     judge = AestheticJudge(AestheticHead.load(str(head_file)), clip)
     images = quantised(4, seed=1, size=48)
@@ -91,7 +94,7 @@ def test_aesthetic_reads_a_torch_state_dict_like_the_released_pth(clip_scorer, t
 
 def test_aesthetic_refuses_an_embedding_of_another_width(clip_scorer, tmp_path):
     head = AestheticHead.load(str(build_tiny_aesthetic(tmp_path / "h768.safetensors", input_size=768)))
-    with pytest.raises(UserError, match="768-d CLIP embeddings but the scorer's model gives 32-d"):
+    with pytest.raises(UserError, match=f"768-d CLIP embeddings but the scorer's model gives {DEMO_CLIP_WIDTH}-d"):
         AestheticJudge(head, ClipJudge(clip_scorer))
 
 

@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from search_helpers import demo_config
 from zsearch.engine.judges import AestheticHead
 from zsearch.engine.judges.tiny import build_tiny_aesthetic
+from zsearch.demo import CLIP_CONFIG
 from zsearch.engine.scorer import preprocess
 from zsearch.inputs import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
+
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    return build_tiny_aesthetic(tmp_path_factory.mktemp("head") / "head.safetensors", 32, seed=4)
+    return build_tiny_aesthetic(tmp_path_factory.mktemp("head") / "head.safetensors", DEMO_CLIP_WIDTH, seed=4)
 
 
 def test_evaluation_scores_every_term_and_weighs_them(tmp_path, demo_assets, head):

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from .blocks import all_modules, expected_shape
+from .blocks import COMPONENTS, all_modules, expected_shape
 from .recipe import LoraWeights, Recipe
 
-BUILD_VERSION = "4"  # bump when the demo assets change, so old builds are rebuilt
+BUILD_VERSION = "5"  # bump when the demo assets change, so old builds are rebuilt
 
 # The tiny transformer: same class and block structure as Z-Image-Turbo, width 32.
 TRANSFORMER_CONFIG = dict(
@@ -68,7 +68,7 @@ CHAT_TEMPLATE = (
 )
 CLIP_CONFIG = {
     "model_cfg": {
-        "embed_dim": 32,
+        "embed_dim": 64,
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
@@ -171,7 +171,7 @@ def _save_tiny_pipeline(out_dir: Path) -> None:
         block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=1,  # 8x down, as Flux's VAE
         scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
     )
-    _make_decoder_local(vae.decoder)
+    to_rgb = _make_decoder_local(vae.decoder)
     text_encoder = Qwen3Model(Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, head_dim=8, num_attention_heads=2,
         num_key_value_heads=1, intermediate_size=32, num_hidden_layers=3, max_position_embeddings=1024,
@@ -180,6 +180,8 @@ def _save_tiny_pipeline(out_dir: Path) -> None:
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                           transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    _give_look_channels(pipe, to_rgb)
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -210,6 +212,60 @@ def _make_decoder_local(decoder) -> None:
         decoder.conv_out.weight.zero_()
         decoder.conv_out.weight[:, :, 1, 1] = to_rgb
         decoder.conv_out.bias.copy_(-0.2 * to_rgb.sum(dim=1))  # SiLU of a unit normal averages ~0.2
+    return to_rgb
+
+
+# The transformer's last LOOK_CHANNELS residual channels carry the look, the way a real model's
+# features carry palette and texture apart from the subject: no block reads them (only the norms
+# see them), every main block writes the model's own look into them through a gate, and the final
+# layer paints each one as its own colour pattern in every 2x2 latent patch.
+LOOK_CHANNELS = 8
+BASE_LOOK = 0.3  # what each main block writes into the look channels, relative to its output's size
+LOOK_GATE = 0.5  # the base blocks' gate on the look channels (tanh), which adaLN LoRAs move
+PATTERN_GAIN = 2.0  # latent size of a unit look channel's pattern
+
+
+def _give_look_channels(pipe, to_rgb: torch.Tensor) -> None:
+    transformer = pipe.transformer
+    dim = transformer.config.dim
+    look = slice(dim - LOOK_CHANNELS, dim)
+    blocks = [*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers]
+    with torch.no_grad():
+        for embed in [*transformer.all_x_embedder.values(), transformer.cap_embedder[1]]:
+            embed.weight[look] = 0
+            embed.bias[look] = 0
+        transformer.x_pad_token[:, look] = 0
+        transformer.cap_pad_token[:, look] = 0
+        for block in blocks:
+            attention, ffn = block.attention, block.feed_forward
+            for reader in (attention.to_q, attention.to_k, attention.to_v, ffn.w1, ffn.w3):
+                reader.weight[:, look] = 0
+            for writer in (attention.to_out[0], ffn.w2):
+                writer.weight[look] = 0
+        for block in transformer.layers:  # chunks: scale_msa, gate_msa, scale_mlp, gate_mlp
+            adaln = block.adaLN_modulation[0]
+            for chunk in (1, 3):
+                rows = slice(chunk * dim + look.start, chunk * dim + look.stop)
+                adaln.weight[rows] = 0
+                adaln.bias[rows] = torch.atanh(torch.tensor(LOOK_GATE))
+        transformer.all_final_layer["2-1"].linear.weight[:, look] = _look_patterns(to_rgb)
+    readers = _steady_readers(pipe)
+    base = torch.full((LOOK_CHANNELS,), BASE_LOOK / LOOK_CHANNELS ** 0.5)
+    with torch.no_grad():
+        for block_index, block in enumerate(transformer.layers):
+            for name, writer in (("to_out", block.attention.to_out[0]), ("w2", block.feed_forward.w2)):
+                reader, size = readers[f"layers.{block_index}.{COMPONENTS[name]}"]
+                writer.weight[look] = size * torch.outer(base, reader)
+
+
+def _look_patterns(to_rgb: torch.Tensor) -> torch.Tensor:
+    """(64, LOOK_CHANNELS) final-layer columns: look channel k paints the k-th of orthonormal
+    colour patterns over the 4 pixels x 3 colours of a 2x2 latent patch (patch layout: ph, pw, channel)."""
+    latent_channels = to_rgb.shape[1]
+    visible = torch.linalg.qr(torch.randn(12, LOOK_CHANNELS, generator=torch.Generator().manual_seed(3)))[0]
+    lift = torch.linalg.pinv(to_rgb)  # (latent, 3): the smallest latent change that shows a colour
+    blocks = [lift @ visible[3 * pixel:3 * pixel + 3] for pixel in range(4)]
+    return PATTERN_GAIN * torch.cat(blocks).reshape(4 * latent_channels, LOOK_CHANNELS)
 
 
 def _tiny_tokenizer():
@@ -251,33 +307,60 @@ def render_batch(pipe, prompts: list[str], seeds: list[int], height: int = SIZE,
 
 # ---------------------------------------------------------------- LoRAs with a look
 
-LOOK_GAIN = 0.7  # size of a module's look direction, relative to its base weight's norm
+# A LoRA's write into the look channels, relative to its module's output size (attn: to_out,
+# ffn: w2), and an adaLN LoRA's move of their gate (before tanh): sized so that a nudge of each
+# component shows about as much.
+LOOK_GAIN = {"attn": 0.9, "ffn": 1.5, "adaLN": 2.0}
 NOISE_GAIN = 0.1  # the rest of the LoRA: small random directions, as any trained LoRA has
+BAND_SPREAD = 0.5  # how far a layer band's look direction strays from its component's
+LOOK_WRITERS = {"to_out": "attn", "w2": "ffn", "adaLN": "adaLN"}  # the modules through which a LoRA shows its look
 
 
-def demo_lora_tensors(seed: int, typical_inputs: dict[str, torch.Tensor], base_norms: dict[str, float],
-                      dim: int = TRANSFORMER_CONFIG["dim"], rank: int = LORA_RANK,
-                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def look_directions(slot: int) -> dict[str, torch.Tensor]:
+    """Component group -> unit look direction of the demo LoRA in `slot`: the six of two LoRAs
+    are orthonormal, so every (LoRA, component) weight is recoverable from the look."""
+    basis = torch.linalg.qr(torch.randn(LOOK_CHANNELS, LOOK_CHANNELS, generator=torch.Generator().manual_seed(4)))[0]
+    groups = list(dict.fromkeys(LOOK_WRITERS.values()))
+    return {group: basis[:, len(groups) * slot + i] for i, group in enumerate(groups)}
+
+
+def demo_lora_tensors(seed: int, slot: int, readers: dict[str, tuple[torch.Tensor, float]],
+                      base_norms: dict[str, float], dim: int = TRANSFORMER_CONFIG["dim"],
+                      rank: int = LORA_RANK) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """module path -> (A (rank x in), B (out x rank)) of a demo LoRA with a look.
 
-    A style LoRA moves every image the same way. So the first rank of each module reads the
-    module's typical input (the mean input over renders, the same for every seed and prompt)
-    and writes one look direction: one direction per (component, layer band) of this LoRA, so
-    the weighting of components and bands decides the look. The other ranks are small noise.
+    A style LoRA moves every image the same way. So in the main blocks the first rank of each
+    look writer (to_out, w2, adaLN) reads the module's steadiest input (a near-constant over
+    every seed and prompt) and writes into the look channels: to_out and w2 add to them, adaLN
+    moves their gate. Each (component, layer band) has its own direction. Every other rank, and
+    every other module, is small noise that stays out of the look channels.
     """
     generator = torch.Generator().manual_seed(seed)
+    look = slice(dim - LOOK_CHANNELS, dim)
+    groups = look_directions(slot)
     directions: dict[tuple[str, str], torch.Tensor] = {}
     tensors = {}
     for module in all_modules():
         out_features, in_features = expected_shape(module.component, dim)
-        group = (module.component, module.block if module.block != "layers" else f"band{module.index // 10}")
-        if group not in directions:
-            directions[group] = torch.nn.functional.normalize(torch.randn(out_features, generator=generator), dim=0)
         down = torch.randn(rank, in_features, generator=generator) / in_features ** 0.5
         up = torch.randn(out_features, rank, generator=generator) / (out_features * rank) ** 0.5
         up *= NOISE_GAIN * base_norms[module.path]
-        down[0] = torch.nn.functional.normalize(typical_inputs[module.path], dim=0)
-        up[:, 0] = directions[group] * LOOK_GAIN * base_norms[module.path]
+        look_rows = [slice(c * dim + look.start, c * dim + look.stop) for c in (1, 3)] \
+            if module.component == "adaLN" else [look]
+        if module.component in LOOK_WRITERS:
+            for rows in look_rows:
+                up[rows] = 0
+        group = LOOK_WRITERS.get(module.component)
+        if group is not None and module.block == "layers":
+            band = module.index // 10
+            if (group, band) not in directions:
+                stray = torch.randn(LOOK_CHANNELS, generator=generator)
+                directions[group, band] = torch.nn.functional.normalize(groups[group] + BAND_SPREAD * stray / LOOK_CHANNELS ** 0.5, dim=0)
+            reader, size = readers[module.path]
+            down[0] = reader
+            up[:, 0] = 0
+            for rows in look_rows:
+                up[rows, 0] = directions[group, band] * LOOK_GAIN[group] * (1.0 if group == "adaLN" else size)
         tensors[module.path] = (down, up)
     return tensors
 
@@ -286,36 +369,55 @@ def _write_demo_loras(assets: DemoAssets) -> None:
     from safetensors.torch import save_file
 
     pipe = _load_pipeline(assets.model_dir)
-    typical = _typical_inputs(pipe)
+    readers = _steady_readers(pipe)
     norms = {m.path: pipe.transformer.get_submodule(m.path).weight.norm().item() for m in all_modules()}
-    for path, seed in zip(assets.loras, LORA_SEEDS):
+    for slot, (path, seed) in enumerate(zip(assets.loras, LORA_SEEDS)):
         state = {}
-        for module_path, (down, up) in demo_lora_tensors(seed, typical, norms).items():
+        for module_path, (down, up) in demo_lora_tensors(seed, slot, readers, norms).items():
             state[f"diffusion_model.{module_path}.lora_A.weight"] = down.contiguous()
             state[f"diffusion_model.{module_path}.lora_B.weight"] = up.contiguous()
         _write_atomic_file(path, lambda tmp, s=state: save_file(s, str(tmp), metadata={"format": "pt"}))
 
 
-def _typical_inputs(pipe) -> dict[str, torch.Tensor]:
-    """Each module's mean input over a few base renders (every token, step, prompt and seed)."""
+def _steady_readers(pipe) -> dict[str, tuple[torch.Tensor, float]]:
+    """Per module: the input direction whose reading is the most nearly constant over a few base
+    renders (every token, step, prompt and seed), scaled to read 1 on average; and the module's
+    typical output size (root mean square).
+
+    The mean input's own direction reads a value that swings with the prompt and the seed (mean
+    over spread ~3 in the demo model); the direction maximising mean² / variance of the reading
+    (Σ⁻¹μ, Fisher's) reads an almost constant one (~25 to ~500), so a LoRA writing through it
+    changes every image the same way.
+    """
     sums: dict[str, list] = {}
 
     def hook(path):
         def record(module, args, output):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            total = sums.setdefault(path, [0.0, 0])
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            total = sums.setdefault(path, [0.0, 0.0, 0.0, 0])
             total[0] = total[0] + x.sum(dim=0)
-            total[1] += x.shape[0]
+            total[1] = total[1] + x.T @ x
+            total[2] += output.detach().double().pow(2).mean(dim=-1).sum().item()
+            total[3] += x.shape[0]
         return record
 
     handles = [pipe.transformer.get_submodule(m.path).register_forward_hook(hook(m.path)) for m in all_modules()]
     try:
-        jobs = [(p, s) for p in PROMPTS for s in CALIBRATION_SEEDS]
+        jobs = [(p, s) for p in [*PROMPTS, *REFERENCE_PROMPTS] for s in CALIBRATION_SEEDS]
         render_batch(pipe, [p for p, _ in jobs], [s for _, s in jobs])
     finally:
         for handle in handles:
             handle.remove()
-    return {path: total / count for path, (total, count) in sums.items()}
+    return {path: (_steadiest_reader(total, square, count), (power / count) ** 0.5)
+            for path, (total, square, power, count) in sums.items()}
+
+
+def _steadiest_reader(total: torch.Tensor, square: torch.Tensor, count: int) -> torch.Tensor:
+    mean = total / count
+    covariance = square / count - torch.outer(mean, mean)
+    ridge = 1e-3 * covariance.trace() / len(mean) + 1e-12  # the adaLN input takes only one value per step
+    direction = torch.linalg.solve(covariance + ridge * torch.eye(len(mean), dtype=mean.dtype), mean)
+    return (direction / (direction @ mean)).float()
 
 
 def read_demo_lora(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

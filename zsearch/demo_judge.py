@@ -31,7 +31,21 @@ def look_features(images: torch.Tensor) -> torch.Tensor:
     corr = torch.stack([(unit[:, a] * unit[:, b]).mean(dim=1) for a, b in ((0, 1), (1, 2), (0, 2))], dim=1)
     half = F.avg_pool2d(images, 2)
     edges = [_edge_energy(images), _edge_energy(half)]
-    return torch.cat([mean, std, corr, *edges], dim=1)
+    return torch.cat([mean, std, corr, *edges, tile_pattern(images)], dim=1)
+
+
+PATTERN_PERIOD = 16  # pixels a 2x2 latent patch spans (the demo VAE upsamples 8x)
+
+
+def tile_pattern(images: torch.Tensor) -> torch.Tensor:
+    """(N, 12) the mean colour of each quarter of the image's PATTERN_PERIOD-pixel tiles, averaged
+    over all tiles, less the image mean: a texture's colour pattern, whatever the layout."""
+    n, _, height, width = images.shape
+    p = PATTERN_PERIOD
+    tiles = images[..., :height - height % p, :width - width % p]
+    tiles = tiles.reshape(n, 3, height // p, p, width // p, p).mean(dim=(2, 4))
+    quarters = F.avg_pool2d(tiles, p // 2)
+    return (quarters - quarters.mean(dim=(2, 3), keepdim=True)).reshape(n, 12)
 
 
 def _edge_energy(images: torch.Tensor) -> torch.Tensor:
