@@ -152,3 +152,28 @@ def test_the_gain_of_the_hidden_weighting_stands_far_above_the_seed_noise(demo_r
     sigma = statistics.stdev(Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value
                              for seeds in seed_sets)
     assert gain > 0 and sigma <= 0.2 * gain, (sigma, gain)
+
+
+def test_single_weight_nudges_of_the_hidden_weighting_score_lower(demo_run, demo_assets):
+    # Issue 13: w* must be a peak of the demo's own objective, so a search can find it. Each weight
+    # is nudged by ±5 % of its range (kept inside it) and scored with the demo config's objective.
+    from zsearch.search.evaluate import Evaluator
+
+    config, engine, scorers, space = demo_run
+    w_star = space.params_of(demo_assets.hidden_recipe)
+    score = lambda values: Evaluator(config, engine, scorers).evaluate(space.recipe(values)).value  # noqa: E731
+    peak = score(w_star)
+    lower, nudges = [], 0
+    for p in space.params:
+        for sign in (-1, 1):
+            value = min(p.high, max(p.low, w_star[p.name] + sign * 0.05 * (p.high - p.low)))
+            if value == w_star[p.name]:
+                continue
+            nudges += 1
+            lower.append(score({**w_star, p.name: value}) < peak)
+    share = sum(lower) / nudges
+    print(f"{sum(lower)}/{nudges} nudges of w* score lower")
+    assert nudges == 2 * len(space.params) == 16
+    assert share >= 0.75, share  # measured 13/16 with the look channels (build 5); 8/16 before them
+    if share < 0.95:  # issue 13's target, not met yet: LoRA b's nudges (ratio 0.5) are at the noise
+        pytest.xfail(f"{sum(lower)}/{nudges} nudges of w* score lower (target 95 %)")
