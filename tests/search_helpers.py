@@ -9,6 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from zsearch.demo import CLIP_CONFIG
+
+DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,18 +9,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from search_helpers import DEMO_CLIP_WIDTH
 from zsearch.config import JudgeEntry as JudgeSpec
 from zsearch.engine.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, Panel,
                                    PreferenceJudge, build_panel)
 from zsearch.engine.judges.tiny import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
-from zsearch.demo import CLIP_CONFIG
 from zsearch.engine.judges.weights import read_state_dict
 from zsearch.engine.scorer import Scorer, preprocess, read_image
 from zsearch.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
 
 
 def quantised(n: int, seed: int, size: int = 32) -> torch.Tensor:

@@ -8,16 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search_helpers import demo_config
+from search_helpers import DEMO_CLIP_WIDTH, demo_config
 from zsearch.engine.judges import AestheticHead
 from zsearch.engine.judges.tiny import build_tiny_aesthetic
-from zsearch.demo import CLIP_CONFIG
 from zsearch.engine.scorer import preprocess
 from zsearch.inputs import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ PATTERN_GAIN = 2.0  # latent size of a unit look channel's pattern
 def _give_look_channels(pipe, to_rgb: torch.Tensor) -> None:
     transformer = pipe.transformer
     dim = transformer.config.dim
-    look = slice(dim - LOOK_CHANNELS, dim)
+    look = _look_slice(dim)
     blocks = [*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers]
     with torch.no_grad():
         for embed in [*transformer.all_x_embedder.values(), transformer.cap_embedder[1]]:
@@ -242,10 +242,9 @@ def _give_look_channels(pipe, to_rgb: torch.Tensor) -> None:
                 reader.weight[:, look] = 0
             for writer in (attention.to_out[0], ffn.w2):
                 writer.weight[look] = 0
-        for block in transformer.layers:  # chunks: scale_msa, gate_msa, scale_mlp, gate_mlp
+        for block in transformer.layers:
             adaln = block.adaLN_modulation[0]
-            for chunk in (1, 3):
-                rows = slice(chunk * dim + look.start, chunk * dim + look.stop)
+            for rows in _look_rows("adaLN", dim):
                 adaln.weight[rows] = 0
                 adaln.bias[rows] = torch.atanh(torch.tensor(LOOK_GATE))
         transformer.all_final_layer["2-1"].linear.weight[:, look] = _look_patterns(to_rgb)
@@ -256,6 +255,19 @@ def _give_look_channels(pipe, to_rgb: torch.Tensor) -> None:
             for name, writer in (("to_out", block.attention.to_out[0]), ("w2", block.feed_forward.w2)):
                 reader, size = readers[f"layers.{block_index}.{COMPONENTS[name]}"]
                 writer.weight[look] = size * torch.outer(base, reader)
+
+
+def _look_slice(dim: int) -> slice:
+    return slice(dim - LOOK_CHANNELS, dim)
+
+
+def _look_rows(component: str, dim: int) -> list[slice]:
+    """The output rows of a module that act on the look channels: the channels themselves for a
+    writer (to_out, w2), their two gates for adaLN (chunks: scale_msa, gate_msa, scale_mlp, gate_mlp)."""
+    look = _look_slice(dim)
+    if component != "adaLN":
+        return [look]
+    return [slice(chunk * dim + look.start, chunk * dim + look.stop) for chunk in (1, 3)]
 
 
 def _look_patterns(to_rgb: torch.Tensor) -> torch.Tensor:
@@ -336,7 +348,6 @@ def demo_lora_tensors(seed: int, slot: int, readers: dict[str, tuple[torch.Tenso
     every other module, is small noise that stays out of the look channels.
     """
     generator = torch.Generator().manual_seed(seed)
-    look = slice(dim - LOOK_CHANNELS, dim)
     groups = look_directions(slot)
     directions: dict[tuple[str, str], torch.Tensor] = {}
     tensors = {}
@@ -345,8 +356,7 @@ def demo_lora_tensors(seed: int, slot: int, readers: dict[str, tuple[torch.Tenso
         down = torch.randn(rank, in_features, generator=generator) / in_features ** 0.5
         up = torch.randn(out_features, rank, generator=generator) / (out_features * rank) ** 0.5
         up *= NOISE_GAIN * base_norms[module.path]
-        look_rows = [slice(c * dim + look.start, c * dim + look.stop) for c in (1, 3)] \
-            if module.component == "adaLN" else [look]
+        look_rows = _look_rows(module.component, dim)
         if module.component in LOOK_WRITERS:
             for rows in look_rows:
                 up[rows] = 0
