@@ -8,7 +8,7 @@ demo's own config (configs/demo.yaml, its objective weights and search space):
 - with --run: `zsearch run` on the demo, and the exported best's weight-space distance to w*
   against the baseline's (zsearch.search.distance).
 
-    python bench/demo_faithfulness.py [--threads 1] [--build-threads 1 2] [--run]
+    python bench/demo_faithfulness.py [--threads 1] [--build-threads 1 2] [--run] [--seeds 11 12 13 14]
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.search.space import SearchSpace  # noqa: E402
 
 
-def demo_config(folder: Path, assets_dir: Path, output: Path):
-    """configs/demo.yaml with its assets and outputs moved into `folder`."""
+def demo_config(folder: Path, assets_dir: Path, output: Path, seeds: list[int] | None = None):
+    """configs/demo.yaml with its assets and outputs moved into `folder` (and other search seeds)."""
     text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
     data = yaml.safe_load(text)
     data["output"] = str(output)
+    if seeds:
+        data["seeds"] = seeds
     path = folder / "demo.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     config = load_config(path)
@@ -100,6 +102,8 @@ def main() -> None:
     parser.add_argument("--build-threads", type=int, nargs="*", default=[])
     parser.add_argument("--run", action="store_true", help="also run the demo search and measure its best")
     parser.add_argument("--assets", type=Path, help="build (or reuse) the demo assets here, not in a temporary folder")
+    parser.add_argument("--seeds", type=int, nargs="+", help="search seeds instead of configs/demo.yaml's (is a "
+                        "nudge that wins the seeds' noise or the objective's?)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -116,7 +120,7 @@ def main() -> None:
         assets_dir = args.assets or folder / "assets"
         assets = build_demo(assets_dir)
         print(f"build: {time.perf_counter() - start:.1f} s")
-        config = demo_config(folder, assets_dir, folder / "out")
+        config = demo_config(folder, assets_dir, folder / "out", args.seeds)
         f = faithfulness(config, assets)
         print(f"score(w*) {f['score_w_star']:.4f}  score(baseline) {f['score_baseline']:.4f}")
         print(f"nudges lower than w*: {f['nudges_lower']:.0%} of {f['nudges']} (target >= 95 %); "
