@@ -2,7 +2,7 @@
 
 Several workers may share one study (PostgreSQL across machines; SQLite or a journal file on one
 machine). A trial whose worker died is failed with `study.tell(..., state=FAIL)` and retried by
-Optuna's own bounded `RetryFailedTrialCallback` — found at once through the worker leases on the
+Optuna's own bounded retry callback — found at once through the worker leases on the
 same machine (`workers.py`), through the RDB heartbeat on other machines.
 """
 
@@ -19,7 +19,10 @@ from typing import Optional
 import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import RetryFailedTrialCallback
+try:  # the retry callback's name since Optuna 4.9 (the old name is deprecated, and goes in 6.0)
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryDeadTrial
+except ImportError:  # Optuna < 4.9
+    from optuna.storages import RetryFailedTrialCallback as RetryDeadTrial
 from optuna.trial import TrialState
 
 from ..config import Config
@@ -40,8 +43,8 @@ OPEN_ATTEMPTS = 6  # workers started together race to create the schema; the los
 SETUP_WAIT_S = 60  # how long a joining worker waits for the creator to queue the first trials
 
 
-def retry_failed() -> RetryFailedTrialCallback:
-    return RetryFailedTrialCallback(max_retry=MAX_RETRIES)
+def retry_failed() -> RetryDeadTrial:
+    return RetryDeadTrial(max_retry=MAX_RETRIES)
 
 
 def shown_url(url: str) -> str:
