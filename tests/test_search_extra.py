@@ -59,6 +59,61 @@ def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_p
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
 
 
+def test_only_trials_numbered_after_the_budget_are_surplus():
+    """The budget belongs to the first `total` trials by number that have not failed."""
+    from zsearch.search.budget import is_surplus
+
+    study = optuna.create_study()
+    for value in (1.0, 2.0, 3.0):
+        study.add_trial(optuna.trial.create_trial(value=value))  # trials 0-2: finished
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # trial 3: frees its place
+    fourth, fifth = study.ask(), study.ask()  # trials 4 and 5, running
+    assert (fourth.number, fifth.number) == (4, 5)
+    assert not is_surplus(study, 4, total=4)  # 3 places taken before it
+    assert is_surplus(study, 5, total=4)  # 0, 1, 2 and 4 hold the 4 places
+    assert not is_surplus(study, 5, total=5)
+    study.enqueue_trial({})  # trial 6, waiting: it holds a place too
+    assert is_surplus(study, 7, total=6) and not is_surplus(study, 6, total=6)
+
+
+def test_a_trial_started_in_a_race_for_the_last_place_gives_it_up(tmp_path, demo_assets, monkeypatch):
+    """Two workers that check the budget at the same moment both start a trial: the later one
+    (by trial number) renders nothing, fails as surplus, and the study ends at exactly its budget."""
+    from zsearch.search import budget, records
+
+    config = loaded(demo_config(tmp_path, demo_assets, search={"trials": 2}))
+    real_load, renders = session_module.load_engine, []
+
+    def counting_engine(cfg, *args, **kwargs):
+        engine = real_load(cfg, *args, **kwargs)
+        render = engine.render
+        engine.render = lambda jobs, **kw: renders.append(len(jobs)) or render(jobs, **kw)
+        return engine
+
+    stale = {"left": 1}
+
+    def stale_view(study, total):  # once, room that another worker has just taken
+        if not budget.has_room(study, total) and stale["left"]:
+            stale["left"] -= 1
+            return True
+        return budget.has_room(study, total)
+
+    monkeypatch.setattr(session_module, "load_engine", counting_engine)
+    monkeypatch.setattr(run_module, "has_room", stale_view)
+    best = run_module.run(config, show_progress=False)
+    assert stale["left"] == 0  # the race happened
+    study = optuna.load_study(study_name="t", storage=config.storage_url)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(finished) == 2 and [t.number for t in failed] == [2]
+    assert failed[0].user_attrs[records.SURPLUS] is True
+    assert "other workers had taken the last of the 2 trials" in failed[0].user_attrs[records.FAIL_REASON]
+    assert records.SCORE not in failed[0].user_attrs and not failed[0].params  # nothing suggested or scored
+    assert sum(renders) == 2 * len(config.prompt_list) * len(config.seeds)  # the surplus trial rendered nothing
+    assert best is not None and best.number in {t.number for t in finished}
+    assert yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]["trial"] == best.number
+
+
 def test_pareto_study_keeps_both_objectives(tmp_path, demo_assets):
     config = loaded(demo_config(tmp_path, demo_assets, objective="pareto", search={"trials": 3}))
     best = run_module.run(config, show_progress=False)

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import Config
+from . import records
 from .best import trial_score
 
 log = logging.getLogger("zsearch")
@@ -44,7 +45,7 @@ def log_trial(trial: optuna.trial.FrozenTrial, best) -> None:
                  trial_score(best), best.number, trial.user_attrs.get("seconds"))
     else:
         log.info("trial %d: %s %s", trial.number, trial.state.name.lower(),
-                 trial.user_attrs.get("fail_reason", ""))
+                 trial.user_attrs.get(records.FAIL_REASON, ""))
 
 
 def log_validation(record: Optional[dict]) -> None:

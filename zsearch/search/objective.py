@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from ..config import Config
 from ..grid import job_grid, save_jpeg, save_png, shrink
+from . import budget as trial_budget
 from . import pruning, records
 from .best import FULL_GRID_ATTR as FULL_GRID
 from .evaluate import Evaluation, Evaluator, TrialFailed
@@ -20,11 +21,18 @@ from .workers import WORKER_ID
 
 
 class Objective:
-    def __init__(self, config: Config, space: SearchSpace, evaluator: Evaluator, store, study: optuna.Study):
+    def __init__(self, config: Config, space: SearchSpace, evaluator: Evaluator, store, study: optuna.Study,
+                 budget: Optional[int] = None):
         self.config, self.space, self.evaluator, self.store, self.study = config, space, evaluator, store, study
+        self.budget = budget  # the study's trial budget, which trials of other workers share
 
     def __call__(self, trial: optuna.Trial):
         trial.set_user_attr(records.WORKER, WORKER_ID)  # first: a dead worker's trial is told apart by it
+        if self.budget is not None and trial_budget.is_surplus(self.study, trial.number, self.budget):
+            trial.set_user_attr(records.SURPLUS, True)
+            reason = f"not run: other workers had taken the last of the {self.budget} trials"
+            trial.set_user_attr(records.FAIL_REASON, reason)
+            raise TrialFailed(reason)
         recipe = self.space.suggest(trial)
 
         # Optuna prunes single-objective studies only; and the baseline, screening and start

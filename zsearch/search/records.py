@@ -46,6 +46,7 @@ IDENTITY = "identity"
 TERMS = "terms"  # {term: mean} of every judge's term (style, prompt, identity, aesthetic, ...)
 SECONDS = "seconds"
 FAIL_REASON = "fail_reason"
+SURPLUS = "surplus"  # a trial that lost the race for the budget's last place to another worker (not run)
 GRID = "grid_artifact"
 RETRY_OF = "retry_of"
 WORKER = "zsearch.worker"  # a user attribute (system attribute in older studies): the worker's unique id

@@ -13,7 +13,9 @@ from optuna.trial import TrialState
 from ..config import Config
 from ..engine.compile import planned_images
 from ..errors import UserError
+from . import records
 from .best import export_best, pick_best, trial_score
+from .budget import finished_count, has_room
 from .evaluate import Evaluator, TrialFailed
 from .log import log_trial, log_validation, setup_log
 from .objective import Objective
@@ -25,11 +27,6 @@ from .trust import analyse_screening, frozen_params, measure_noise, validate
 from .workers import Lease
 
 log = logging.getLogger("zsearch")
-
-
-def finished_count(study: optuna.Study) -> int:
-    states = (TrialState.COMPLETE, TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
@@ -67,7 +64,7 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
             log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"],
                      len(noise["scores"]))
         space = SearchSpace(config, frozen_params(study))
-        objective = Objective(config, space, Evaluator(config, engine, scorers), store, study)
+        objective = Objective(config, space, Evaluator(config, engine, scorers), store, study, budget=total)
         _search(config, study, objective, store, stop, total, done, show_progress)
         if stop.requested:
             log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
@@ -93,25 +90,28 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
         return deadline is not None and time.time() >= deadline
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get(records.SURPLUS):  # not a failure: another worker took the last place
+            log.info("trial %d not run: the budget of %d trials is taken", trial.number, total)
+            return
         best = pick_best(config, study)
         if best is not None and best.number == trial.number:
             export_best(config, study, store)
         log_trial(trial, best)
         progress.update(finished_count(study), trial_score(best) if best else None)
-        fails[:] = [*fails, trial.user_attrs.get("fail_reason", "error")] if trial.state == TrialState.FAIL else []
+        fails[:] = [*fails, trial.user_attrs.get(records.FAIL_REASON, "error")] if trial.state == TrialState.FAIL else []
 
     screened = False
     with Progress(total, done, deadline, enabled=show_progress) as progress:
-        # One trial per call: other workers' running trials count against the budget, so
-        # several workers stop at exactly `total` finished trials.
+        # One trial per call: other workers' running trials count against the budget, and a
+        # trial started in a race for the last place gives it up (budget.py), so several
+        # workers stop at exactly `total` finished trials.
         while not stop.requested and not out_of_time() and len(fails) < MAX_FAILS_IN_A_ROW:
             if config.search.screen and not screened and analyse_screening(study, objective.space):
                 screened = True
                 objective.space = SearchSpace(config, frozen_params(study))
                 log.info("screening froze %d of %d parameters: %s", len(objective.space.frozen),
                          len(objective.space), ", ".join(sorted(objective.space.frozen)) or "none")
-            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if finished_count(study) + running >= total:
+            if not has_room(study, total):
                 break
             study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
                            gc_after_trial=False)
