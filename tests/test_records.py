@@ -157,3 +157,18 @@ def test_job_order_is_a_per_trial_shuffle_seeded_by_the_trial_number(tmp_path):
     assert len({tuple(o) for o in orders}) > 10
     firsts = {o[0] for o in orders}
     assert len(firsts) >= 4  # every prompt comes first in some trial
+
+
+def test_fail_reasons_name_a_dead_workers_trial_by_its_retry():
+    """A dead worker's trial has no reason of its own; the retry Optuna queued for it names it."""
+    study = optuna.create_study()
+    dead = study.ask()
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)  # as fail_dead_workers does
+    records.RetryDeadTrial(max_retry=2)(study, study.trials[dead.number])  # queues its retry
+    nan = study.ask()
+    nan.set_user_attr(records.FAIL_REASON, "the render contains NaN or Inf values")
+    study.tell(nan, state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # failed, reason unknown, not retried
+    expected = {records.WORKER_DIED: 1, "the render contains NaN or Inf values": 1, records.NO_REASON: 1}
+    assert records.fail_reasons(study.trials) == expected
+    assert gather(study).fail_reasons == expected  # what the report prints

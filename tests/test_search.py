@@ -122,7 +122,7 @@ def test_kill_9_mid_trial_then_resume_keeps_trials_and_retries(tmp_path, demo_as
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 5
     dead = study.trials[killed[0]]
     assert dead.state == TrialState.FAIL  # found dead at once through its lease, no heartbeat wait
-    from zsearch.search.study import RetryDeadTrial
+    from zsearch.search.records import RetryDeadTrial
     retried = RetryDeadTrial.retried_trial_number  # the name this Optuna has
     retries = [t for t in study.trials if retried(t) == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params  # the same weighting, tried again

@@ -165,12 +165,7 @@ def _timing(facts: StudyFacts) -> None:
     facts.trial_seconds = statistics.fmean(durations) if durations else None
     facts.workers = len({w for t in facts.trials  # a user attr; a system attr in older studies
                          if (w := t.user_attrs.get(records.WORKER) or t.system_attrs.get(records.WORKER))})
-    reasons: dict[str, int] = {}
-    for t in facts.trials:
-        if t.state == TrialState.FAIL:
-            reason = str(t.user_attrs.get(records.FAIL_REASON) or "no reason recorded")
-            reasons[reason] = reasons.get(reason, 0) + 1
-    facts.fail_reasons = reasons
+    facts.fail_reasons = records.fail_reasons(facts.trials)
 
 
 def duration(seconds: Optional[float]) -> str:

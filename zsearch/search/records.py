@@ -31,6 +31,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import stats
 
+try:  # Optuna's retry of a dead worker's trial, named so since 4.9 (the old name goes in 6.0)
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryDeadTrial
+except ImportError:  # Optuna < 4.9
+    from optuna.storages import RetryFailedTrialCallback as RetryDeadTrial
+
 # ------------------------------------------------------------ keys
 ROLE = "role"
 BASELINE_ROLE = "baseline"
@@ -119,6 +124,23 @@ def trial_score(trial: Optional[FrozenTrial]) -> Optional[float]:
 def job_scores(trial: Optional[FrozenTrial]) -> Optional[list[float]]:
     """Per-job scores in the canonical job order (NaN where a pruned trial did not run the job)."""
     return _numbers(trial.user_attrs.get(JOBS)) if trial is not None else None
+
+
+WORKER_DIED = "its worker died; run again as a new trial"
+NO_REASON = "no reason recorded"
+
+
+def fail_reasons(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Why the failed trials failed, counted. A dead worker's trial records no reason of its own
+    (its worker is gone); the retry Optuna queued for it names it in its retry history."""
+    trials = list(trials)
+    retried = {number for t in trials for number in RetryDeadTrial.retry_history(t)}
+    reasons: dict[str, int] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            reason = str(t.user_attrs.get(FAIL_REASON) or (WORKER_DIED if t.number in retried else NO_REASON))
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
 
 
 def can_be_best(trial: FrozenTrial) -> bool:

@@ -19,10 +19,6 @@ from typing import Optional
 import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-try:  # the retry callback's name since Optuna 4.9 (the old name is deprecated, and goes in 6.0)
-    from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryDeadTrial
-except ImportError:  # Optuna < 4.9
-    from optuna.storages import RetryFailedTrialCallback as RetryDeadTrial
 from optuna.trial import TrialState
 
 from ..config import Config
@@ -32,7 +28,7 @@ from ..recipe import load_recipe
 from .space import SearchSpace
 from .startup import SobolStartup
 from .trust import screening_values
-from .records import WORKER
+from .records import WORKER, RetryDeadTrial
 from .workers import WORKER_ID, is_dead
 
 log = logging.getLogger("zsearch")
