@@ -45,6 +45,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 N_LAYERS = 30  # Z-Image-Turbo's main single-stream blocks
+ZIMAGE_TURBO_DIM = 3840  # its transformer width D
 REFINERS: dict[str, int] = {"noise_refiner": 2, "context_refiner": 2}
 BLOCK_KINDS = ("layers", *REFINERS)
 ADALN_EMBED_DIM = 256  # width of the timestep embedding that feeds adaLN

@@ -9,13 +9,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-
 import torch
 
-from ..blocks import COMPONENTS, OTHER, OTHER_MODULES, REFINERS, parse_module
+from ..blocks import COMPONENTS, OTHER, REFINERS, ZIMAGE_TURBO_DIM, parse_module
 from .model import AnyModule, Lora
 
-ZIMAGE_TURBO_DIM = 3840
 LAYER_BANDS = ((0, 9), (10, 19), (20, 29))  # where a LoRA acts: early, middle, late layers
 BANDS = (*REFINERS, *(f"{lo}-{hi}" for lo, hi in LAYER_BANDS))
 
