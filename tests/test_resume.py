@@ -98,6 +98,26 @@ def test_a_study_whose_set_up_failed_does_not_block_the_fixed_rerun(tmp_path, de
     assert _finished(tmp_path / "out" / "t") == 2
 
 
+def test_a_study_another_worker_is_still_setting_up_is_never_deleted(tmp_path, demo_assets):
+    """Two workers with the same name but other inputs: while the first has set the study up and is
+    still loading its model (nothing measured, nothing failed), the second is refused and the
+    study stays; once the first run has failed, the second may replace it."""
+    from zsearch.inputs import load_config
+    from zsearch.search.session import Session
+    from zsearch.search.study import mark_setup_failed
+
+    first = Session(load_config(demo_config(tmp_path, demo_assets, search={"trials": 2})))
+    study = first.study  # set up, then (as far as anyone can tell) loading the model
+    other = demo_config(tmp_path, demo_assets, seeds=[7, 8], search={"trials": 2})
+    _one_line_refusal(zsearch("run", other, "--no-progress"), "measured other inputs", "seeds")
+    kept = optuna.load_study(study_name="t", storage=first.config.storage_url)
+    assert kept._study_id == study._study_id and kept.user_attrs["fingerprint"] == study.user_attrs["fingerprint"]
+    mark_setup_failed(study)  # what the first run does when it fails
+    result = zsearch("run", other, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert _finished(tmp_path / "out" / "t") == 2
+
+
 @pytest.mark.parametrize("where", ["references", "identity"])
 def test_a_tiny_reference_image_is_refused_before_any_study_exists(tmp_path, demo_assets, where):
     refs = tmp_path / "refs"

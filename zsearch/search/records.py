@@ -61,6 +61,7 @@ VALIDATION = "validation"
 SCREENING = "screening"
 SPACE = "space"
 FINGERPRINT = "fingerprint"
+SETUP_FAILED = "setup_failed"  # the run that set the study up failed before it measured anything
 
 
 def is_number(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -22,6 +23,7 @@ from .objective import Objective
 from .progress import Progress
 from .session import Session
 from .signals import GracefulStop
+from .study import mark_setup_failed
 from .space import SearchSpace
 from .trust import analyse_screening, frozen_params, measure_noise, validate
 from .workers import Lease
@@ -35,7 +37,12 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
     session.study  # opened (and checked against its inputs) before anything is written
     setup_log(config)
     with Lease(config.out_dir):  # held while this worker may run trials; the OS drops it if we die
-        return _run(config, session, trials, show_progress)
+        try:
+            return _run(config, session, trials, show_progress)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the storage itself may be what failed
+                mark_setup_failed(session.study)  # the fixed command may replace a study it never measured
+            raise
 
 
 def _run(config: Config, session: Session, trials: Optional[int], show_progress: bool):

@@ -28,6 +28,7 @@ from ..recipe import load_recipe
 from .space import SearchSpace
 from .startup import SobolStartup
 from .trust import screening_values
+from . import records
 from .records import WORKER, RetryDeadTrial
 from .workers import WORKER_ID, is_dead
 
@@ -195,8 +196,19 @@ def check_fingerprint(config: Config, study: optuna.Study, hashes: Optional[File
 
 
 def _never_measured(study: optuna.Study) -> bool:
-    """A study whose set-up failed (a typo, a missing model): nothing in it is worth keeping."""
     return not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+
+
+def mark_setup_failed(study: optuna.Study) -> None:
+    """Called when a run fails: a study it never measured (a typo, a missing model) may be replaced
+    by the fixed command. An unmarked one may belong to a worker still loading its model, so a run
+    with other inputs is refused instead of deleting it."""
+    if _never_measured(study):
+        study.set_user_attr(records.SETUP_FAILED, True)
+
+
+def _replaceable(study: optuna.Study) -> bool:
+    return _never_measured(study) and bool(study.user_attrs.get(records.SETUP_FAILED))
 
 
 def open_study(config: Config, space: SearchSpace) -> optuna.Study:
@@ -204,8 +216,8 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
 
     Only the process that creates the study queues its first trials and uses the config's seed
     as is; a resume or a joining worker mixes in its trial count and worker id, so no two
-    samplers replay the same points. A study that never measured anything (its first run failed
-    while setting up) is replaced, so the fixed command runs.
+    samplers replay the same points. A study that never measured anything because its first run
+    failed while setting up is replaced, so the fixed command runs.
     """
     storage = make_storage(config)
     directions = ["maximize"] * len(config.pareto_terms) if config.objective.pareto else ["maximize"]
@@ -229,7 +241,7 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
             check_fingerprint(config, study, hashes)
             break
         except UserError:
-            if attempt == 2 or not _never_measured(study):
+            if attempt == 2 or not _replaceable(study):
                 raise
             log.warning("study '%s' never measured a trial (its set-up failed); starting it afresh", config.name)
             try:
