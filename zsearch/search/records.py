@@ -9,9 +9,11 @@ Per trial (user attributes):
     score       the trial's score: mean over the jobs it ran (the weighted style/prompt sum)
     jobs        per-job scores in the canonical job order (prompt-major, then seed); NaN = not run
     partial     True when pruning stopped it early: its value is an estimate, never a best
+    surplus     True on a failed trial that lost the race for the budget's last place (not run)
     per_prompt, style, prompt, identity, terms, seconds, fail_reason, grid_artifact
 
-Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint.
+Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint,
+setup_failed (the run that set the study up failed before measuring: the fixed command may replace it).
 
     from zsearch.search import records
     score = records.trial_score(trial)          # float or None
