@@ -6,9 +6,10 @@ demo's own config (configs/demo.yaml, its objective weights and search space):
 - noise: the baseline's score spread over seed sets, as a fraction of score(w*) - score(baseline);
 - look: how alike the change baseline -> w* is across jobs (mean pairwise pixel cosine);
 - with --run: `zsearch run` on the demo, and the exported best's weight-space distance to w*
-  against the baseline's (zsearch.search.distance).
+  against the baseline's (zsearch.search.distance); with --runs N, N runs with search seeds
+  0..N-1 and their median (one run's distance swings 0.2-1.1x with the search seed alone).
 
-    python bench/demo_faithfulness.py [--threads 1] [--build-threads 1 2] [--run] [--seeds 11 12 13 14]
+    python bench/demo_faithfulness.py [--threads 1] [--build-threads 1 2] [--run] [--runs 5] [--seeds 11 12 13 14]
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.search.space import SearchSpace  # noqa: E402
 
 
-def demo_config(folder: Path, assets_dir: Path, output: Path, seeds: list[int] | None = None):
-    """configs/demo.yaml with its assets and outputs moved into `folder` (and other search seeds)."""
+def demo_config(folder: Path, assets_dir: Path, output: Path, seeds: list[int] | None = None,
+                search_seed: int | None = None):
+    """configs/demo.yaml with its assets and outputs moved into `folder` (and other render seeds,
+    or another seed for the search's sampler)."""
     text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
     data = yaml.safe_load(text)
     data["output"] = str(output)
     if seeds:
         data["seeds"] = seeds
+    if search_seed is not None:
+        data["search"]["seed"] = search_seed
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     config = load_config(path)
@@ -101,6 +107,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--build-threads", type=int, nargs="*", default=[])
     parser.add_argument("--run", action="store_true", help="also run the demo search and measure its best")
+    parser.add_argument("--runs", type=int, default=0, help="run the demo search this many times (search "
+                        "seeds 0..N-1) and report the median distance")
     parser.add_argument("--assets", type=Path, help="build (or reuse) the demo assets here, not in a temporary folder")
     parser.add_argument("--seeds", type=int, nargs="+", help="search seeds instead of configs/demo.yaml's (is a "
                         "nudge that wins the seeds' noise or the objective's?)")
@@ -130,15 +138,23 @@ def main() -> None:
         print(f"baseline sigma {f['baseline_sigma']:.4f} = {f['sigma_ratio']:.3f} x gain (target <= 0.2)")
         print(f"look: pixel change baseline->w* cosine across jobs {f['look_cosine']:.3f}")
         print(f"baseline weight-space distance to w*: {f['baseline_distance']:.3f}")
-        if args.run:
+        runs = max(args.runs, 1 if args.run else 0)
+        ratios = []
+        for search_seed in range(runs):
+            run_config = demo_config(folder / f"run-{search_seed}", assets_dir, folder / f"out-{search_seed}",
+                                     args.seeds, search_seed)
             start = time.perf_counter()
-            run_module.run(config, show_progress=False)
+            run_module.run(run_config, show_progress=False)
             seconds = time.perf_counter() - start
-            best = load_recipe(config.out_dir / "best.yaml")
+            best = load_recipe(run_config.out_dir / "best.yaml")
             d = weight_distance(f["loras"], best, assets.hidden_recipe)
-            print(f"zsearch run: {seconds:.1f} s; best distance {d:.3f} = {d / f['baseline_distance']:.2f} x "
-                  f"baseline's (target <= 0.3); best score {best.info.get('score')}")
-            print(f"gain: {best.info.get('scores', {}).get('gain')}")
+            ratios.append(d / f["baseline_distance"])
+            gain = best.info.get("scores", {}).get("gain", {})
+            print(f"zsearch run (search seed {search_seed}): {seconds:.1f} s; best distance {d:.3f} = "
+                  f"{ratios[-1]:.2f} x baseline's (target <= 0.3); best score {best.info.get('score')}; "
+                  f"gain {gain.get('gain')} [{gain.get('low')}, {gain.get('high')}] {gain.get('verdict')}")
+        if len(ratios) > 1:
+            print(f"median distance over {len(ratios)} search seeds: {statistics.median(ratios):.2f} x baseline's")
 
 
 def _threads(n: int):
