@@ -11,8 +11,7 @@ import torch
 from safetensors import safe_open
 
 from zsearch.blocks import all_modules
-from zsearch.demo import (BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_PROMPTS, REFERENCE_SEEDS, build_demo,
-                          build_tiny_pipeline)
+from zsearch.demo import BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_SEEDS, build_demo, build_tiny_pipeline
 from zsearch.inputs import load_config
 from zsearch.lora.read import load_lora
 
@@ -57,7 +56,7 @@ def test_the_loras_read_back_as_ai_toolkit_on_every_module(demo_assets):
 def test_references_prompts_and_hidden_recipe(demo_assets):
     assert demo_assets.prompts.read_text().splitlines()[1:] == PROMPTS
     names = sorted(p.name for p in demo_assets.references.iterdir())
-    assert names == sorted(f"ref_p{p}_s{s}.png" for p in range(4) for s in demo_assets.reference_seeds)
+    assert names == sorted(f"ref_p{p}_s{s}.png" for p in range(len(PROMPTS)) for s in demo_assets.reference_seeds)
     recipe = demo_assets.hidden_recipe
     assert [lw.path for lw in recipe.loras] == demo_assets.loras
     assert [lw.ratio for lw in recipe.loras] == [w["ratio"] for w in HIDDEN_WEIGHTS]
@@ -84,9 +83,10 @@ def test_build_is_idempotent_and_deterministic(demo_assets, tmp_path):
     assert {f"tiny-z-image/{k}": v for k, v in digests(tmp_path / "model").items()} == model_files
 
 
-def test_references_never_share_a_seed_or_prompt_with_what_a_demo_search_renders(demo_assets):
-    # As in real use: the references show the style on other subjects, never the search's own jobs:
-    # not its training seeds, nor the validation's or the noise's seeds derived from them.
+def test_references_never_share_a_seed_with_what_a_demo_search_renders(demo_assets):
+    # As in real use the references are other images than the search's own jobs: never its
+    # training seeds, nor the validation's or the noise's seeds derived from them. (They show the
+    # search's subjects: in the tiny model the look's strength depends a little on the subject.)
     config = load_config(REPO / "configs" / "demo.yaml")
     assert config.validation.prompts is None and not config.validation.seeds  # the defaults are derived
     for seeds in (list(config.seeds), list(demo_assets.seeds)):
@@ -95,7 +95,7 @@ def test_references_never_share_a_seed_or_prompt_with_what_a_demo_search_renders
         assert len(searched) == len(seeds) * (2 + config.noise.repeats)
         assert not searched & set(demo_assets.reference_seeds), searched & set(demo_assets.reference_seeds)
     assert list(demo_assets.reference_seeds) == REFERENCE_SEEDS
-    assert not set(REFERENCE_PROMPTS) & set(PROMPTS)
+    assert list(demo_assets.reference_prompts) == PROMPTS
 
 
 # ---------------------------------------------------------------- a faithful miniature of real use
@@ -174,6 +174,4 @@ def test_single_weight_nudges_of_the_hidden_weighting_score_lower(demo_run, demo
     share = sum(lower) / nudges
     print(f"{sum(lower)}/{nudges} nudges of w* score lower")
     assert nudges == 2 * len(space.params) == 16
-    assert share >= 0.75, share  # measured 13/16 with the look channels (build 5); 8/16 before them
-    if share < 0.95:  # issue 13's target, not met yet: LoRA b's nudges (ratio 0.5) are at the noise
-        pytest.xfail(f"{sum(lower)}/{nudges} nudges of w* score lower (target 95 %)")
+    assert share >= 0.95, share  # build 6: 16/16 (build 5: 13/16; before the look channels: 8/16)

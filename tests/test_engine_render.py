@@ -20,8 +20,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def engine(demo_assets, tmp_path_factory):
     return Engine(str(demo_assets.model_dir), load_loras(demo_assets.loras),
-                  [*demo_assets.prompt_list, *demo_assets.reference_prompts],  # the references' prompts last
+                  engine_prompts(demo_assets),
                   device="cpu", way="side", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def engine_prompts(assets) -> list[str]:
+    """The search's prompts, then any the references show besides them."""
+    return list(dict.fromkeys([*assets.prompt_list, *assets.reference_prompts]))
 
 
 def plain(assets, r1: float, r2: float) -> Recipe:
@@ -37,11 +42,13 @@ def test_engine_renders_the_references_at_the_hidden_recipe(engine, demo_assets)
     # the side path must give the same images, up to the PNG's 8-bit rounding.
     engine.set_recipe(demo_assets.hidden_recipe)
     files = reference_files(demo_assets.references)
-    first = len(demo_assets.prompt_list)
-    jobs = [Job(first + p, prompt, seed) for p, prompt in enumerate(demo_assets.reference_prompts)
-            for seed in demo_assets.reference_seeds]
-    assert [f.name for f in files] == sorted(f"ref_p{j.prompt_index - first}_s{j.seed}.png" for j in jobs)
-    jobs = sorted(jobs, key=lambda j: f"ref_p{j.prompt_index - first}_s{j.seed}.png")
+    index = engine_prompts(demo_assets).index
+    names = {}  # job -> the file it must reproduce (ref_p<reference prompt>_s<seed>.png)
+    for p, prompt in enumerate(demo_assets.reference_prompts):
+        for seed in demo_assets.reference_seeds:
+            names[Job(index(prompt), prompt, seed)] = f"ref_p{p}_s{seed}.png"
+    assert [f.name for f in files] == sorted(names.values())
+    jobs = sorted(names, key=names.get)
     images = render(engine, demo_assets, jobs)
     assert images.shape == (len(files), 3, demo_assets.height, demo_assets.width)
     assert images.device == engine.device and images.dtype == torch.float32

@@ -8,8 +8,12 @@ so two builds give the same files. Building takes well under a minute on a CPU.
 The demo is a miniature of real use:
 - the two demo LoRAs have a look, as style LoRAs do: each component and layer band of each LoRA
   pushes the image in its own direction, the same for every seed and prompt;
+- the images are the model's, not the initial noise: the subject is a colour per latent patch, the
+  look a texture within it (`_paint_model_output`);
 - the reference images show that look: they are rendered at a hidden weighting
-  (`DemoAssets.hidden_recipe`) with prompts and seeds of their own, never the search's;
+  (`DemoAssets.hidden_recipe`) with seeds of their own, never the search's training, validation
+  or noise seeds (on the search's subjects: in this tiny model the look's strength still depends a
+  little on the subject, so references of other subjects would move the peak);
 - the judge sees the look and the prompt, not the seed's layout (`zsearch.demo_judge`).
 """
 
@@ -29,7 +33,7 @@ import torch
 from .blocks import COMPONENTS, all_modules, expected_shape
 from .recipe import LoraWeights, Recipe
 
-BUILD_VERSION = "5"  # bump when the demo assets change, so old builds are rebuilt
+BUILD_VERSION = "6"  # bump when the demo assets change, so old builds are rebuilt
 
 # The tiny transformer: same class and block structure as Z-Image-Turbo, width 32.
 TRANSFORMER_CONFIG = dict(
@@ -42,20 +46,20 @@ LORA_RANK = 4
 LORA_SEEDS = (100, 101)  # one demo LoRA per seed
 SIZE = 64  # demo renders are SIZE x SIZE (a multiple of 16)
 STEPS = 4
-SEEDS = [1, 2]  # the search's seeds (configs/demo.yaml)
+SEEDS = [1, 2]  # the tests' search seeds (configs/demo.yaml searches 1-8)
 PROMPTS = [
     "a lighthouse on a cliff at dusk",
     "a bowl of ripe oranges on a wooden table",
     "portrait of an old sailor with a grey beard",
 ]
-# The references show the style on subjects and seeds of their own, as a user's references do.
-# Seeds from 90000 on: apart from the search's, the validation's (+1000) and the noise's (+2000).
-REFERENCE_PROMPTS = [
+# More subjects, which the judge learns and the LoRA design calibrates on, beside the search's.
+EXTRA_PROMPTS = [
     "a red barn in a snowy field",
     "a cup of coffee on a windowsill",
     "a cat asleep on a blue sofa",
     "a sailing boat on a calm sea",
 ]
+# The references' seeds, from 90000 on: apart from the search's, the validation's (+1000) and the noise's (+2000).
 REFERENCE_SEEDS = [90001, 90002, 90003, 90004, 90005, 90006]
 CALIBRATION_SEEDS = [70001, 70002]  # renders that find each module's typical input (LoRA design)
 JUDGE_SEED_BASE = 80000  # the judge's lessons are rendered with seeds from here on
@@ -97,7 +101,7 @@ class DemoAssets:
     prompts: Path  # one prompt a line
     hidden_recipe: Recipe  # the weighting the references were rendered at
     seeds: tuple[int, ...] = tuple(SEEDS)
-    reference_prompts: tuple[str, ...] = tuple(REFERENCE_PROMPTS)
+    reference_prompts: tuple[str, ...] = tuple(PROMPTS)  # the subjects the references show
     reference_seeds: tuple[int, ...] = tuple(REFERENCE_SEEDS)
     width: int = SIZE
     height: int = SIZE
@@ -222,7 +226,9 @@ def _make_decoder_local(decoder) -> None:
 LOOK_CHANNELS = 8
 BASE_LOOK = 0.3  # what each main block writes into the look channels, relative to its output's size
 LOOK_GATE = 0.5  # the base blocks' gate on the look channels (tanh), which adaLN LoRAs move
-PATTERN_GAIN = 2.0  # latent size of a unit look channel's pattern
+PATTERN_GAIN = 2.0  # latent size of a look channel's pattern, per LOOK_SCALE of the channel's value
+LOOK_SCALE = 0.25  # the look channels' size beside the content's: small, so the norms barely couple them
+OUTPUT_GAIN = 5.0  # the final layer's output, so the image is mostly the model's (_paint_model_output)
 
 
 def _give_look_channels(pipe, to_rgb: torch.Tensor) -> None:
@@ -247,14 +253,37 @@ def _give_look_channels(pipe, to_rgb: torch.Tensor) -> None:
             for rows in _look_rows("adaLN", dim):
                 adaln.weight[rows] = 0
                 adaln.bias[rows] = torch.atanh(torch.tensor(LOOK_GATE))
-        transformer.all_final_layer["2-1"].linear.weight[:, look] = _look_patterns(to_rgb)
+        _paint_model_output(transformer, _look_patterns(to_rgb), look)
     readers = _steady_readers(pipe)
-    base = torch.full((LOOK_CHANNELS,), BASE_LOOK / LOOK_CHANNELS ** 0.5)
+    base = torch.full((LOOK_CHANNELS,), LOOK_SCALE * BASE_LOOK / LOOK_CHANNELS ** 0.5)
     with torch.no_grad():
         for block_index, block in enumerate(transformer.layers):
             for name, writer in (("to_out", block.attention.to_out[0]), ("w2", block.feed_forward.w2)):
                 reader, size = readers[f"layers.{block_index}.{COMPONENTS[name]}"]
                 writer.weight[look] = size * torch.outer(base, reader)
+
+
+def _paint_model_output(transformer, patterns: torch.Tensor, look: slice) -> None:
+    """Make the final layer paint the image the way a trained model does, so renders differ by
+    prompt and weighting, not by the initial noise.
+
+    - Its output is OUTPUT_GAIN times larger: Euler's last latent is mostly the model's, where a
+      random model would leave mostly the initial noise (the decoder normalises the scale away).
+    - The content (every channel but the look's) paints one colour per 2x2 latent patch; the look
+      channels paint the within-patch texture (`patterns`), so the look and the subject don't mix.
+    - The x embedder is blind to the patterns' span, so the content does not feed on the look.
+    """
+    final = transformer.all_final_layer["2-1"].linear
+    content = [i for i in range(final.in_features) if not look.start <= i < look.stop]
+    per_pixel = final.weight[:, content].reshape(4, -1, len(content))  # patch layout: (ph, pw, channel)
+    final.weight[:, content] = per_pixel.mean(dim=0, keepdim=True).expand_as(per_pixel).reshape(-1, len(content))
+    final.bias.copy_(final.bias.reshape(4, -1).mean(dim=0).repeat(4))
+    final.weight[:, look] = patterns
+    final.weight.mul_(OUTPUT_GAIN)
+    final.bias.mul_(OUTPUT_GAIN)
+    span = torch.linalg.qr(patterns)[0]
+    for embed in transformer.all_x_embedder.values():
+        embed.weight.copy_(embed.weight - (embed.weight @ span) @ span.T)
 
 
 def _look_slice(dim: int) -> slice:
@@ -272,12 +301,15 @@ def _look_rows(component: str, dim: int) -> list[slice]:
 
 def _look_patterns(to_rgb: torch.Tensor) -> torch.Tensor:
     """(64, LOOK_CHANNELS) final-layer columns: look channel k paints the k-th of orthonormal
-    colour patterns over the 4 pixels x 3 colours of a 2x2 latent patch (patch layout: ph, pw, channel)."""
+    colour patterns over the 4 pixels x 3 colours of a 2x2 latent patch (patch layout: ph, pw, channel),
+    all of them textures: none changes the patch's mean colour, which is the content's."""
     latent_channels = to_rgb.shape[1]
-    visible = torch.linalg.qr(torch.randn(12, LOOK_CHANNELS, generator=torch.Generator().manual_seed(3)))[0]
+    draw = torch.randn(12, LOOK_CHANNELS, generator=torch.Generator().manual_seed(3))
+    uniform = torch.linalg.qr(torch.eye(3).repeat(4, 1))[0]  # the patch-uniform colours (12, 3)
+    visible = torch.linalg.qr(draw - uniform @ (uniform.T @ draw))[0]  # texture, not colour
     lift = torch.linalg.pinv(to_rgb)  # (latent, 3): the smallest latent change that shows a colour
     blocks = [lift @ visible[3 * pixel:3 * pixel + 3] for pixel in range(4)]
-    return PATTERN_GAIN * torch.cat(blocks).reshape(4 * latent_channels, LOOK_CHANNELS)
+    return PATTERN_GAIN / LOOK_SCALE * torch.cat(blocks).reshape(4 * latent_channels, LOOK_CHANNELS)
 
 
 def _tiny_tokenizer():
@@ -370,7 +402,7 @@ def demo_lora_tensors(seed: int, slot: int, readers: dict[str, tuple[torch.Tenso
             down[0] = reader
             up[:, 0] = 0
             for rows in look_rows:
-                up[rows, 0] = directions[group, band] * LOOK_GAIN[group] * (1.0 if group == "adaLN" else size)
+                up[rows, 0] = directions[group, band] * LOOK_GAIN[group] * (1.0 if group == "adaLN" else LOOK_SCALE * size)
         tensors[module.path] = (down, up)
     return tensors
 
@@ -413,7 +445,7 @@ def _steady_readers(pipe) -> dict[str, tuple[torch.Tensor, float]]:
 
     handles = [pipe.transformer.get_submodule(m.path).register_forward_hook(hook(m.path)) for m in all_modules()]
     try:
-        jobs = [(p, s) for p in [*PROMPTS, *REFERENCE_PROMPTS] for s in CALIBRATION_SEEDS]
+        jobs = [(p, s) for p in [*PROMPTS, *EXTRA_PROMPTS] for s in CALIBRATION_SEEDS]
         render_batch(pipe, [p for p, _ in jobs], [s for _, s in jobs])
     finally:
         for handle in handles:
@@ -467,7 +499,7 @@ def _build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
 
     pipe = _load_pipeline(assets.model_dir)
     loras = [read_demo_lora(path) for path in assets.loras]
-    prompts = [*PROMPTS, *REFERENCE_PROMPTS]
+    prompts = [*PROMPTS, *EXTRA_PROMPTS]
     generator = torch.Generator().manual_seed(7)
     images, look_index, prompt_index = [], [], []
     for k in range(JUDGE_WEIGHTINGS):
@@ -507,10 +539,11 @@ def _render_references(assets: DemoAssets, out_dir: Path) -> None:
     pipe = _load_pipeline(assets.model_dir)
     loras = [read_demo_lora(path) for path in assets.loras]
     scales = [weights.module_scales(lora) for weights, lora in zip(assets.hidden_recipe.loras, loras)]
-    jobs = [(p, seed) for p in range(len(REFERENCE_PROMPTS)) for seed in REFERENCE_SEEDS]
+    prompts = assets.reference_prompts
+    jobs = [(p, seed) for p in range(len(prompts)) for seed in assets.reference_seeds]
     out_dir.mkdir(parents=True, exist_ok=True)
     with _fused(pipe.transformer, loras, scales):
-        images = render_batch(pipe, [REFERENCE_PROMPTS[p] for p, _ in jobs], [s for _, s in jobs])
+        images = render_batch(pipe, [prompts[p] for p, _ in jobs], [s for _, s in jobs])
     for (p, seed), image in zip(jobs, images):
         array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         Image.fromarray(array).save(out_dir / f"ref_p{p}_s{seed}.png")

@@ -2,10 +2,10 @@
 
 A random CLIP groups images by their layout (the seed), which no real CLIP does. A real CLIP sees
 palette, contrast and texture, and matches a prompt to its image. The tiny model is taught the
-same in a few seconds: its image tower regresses a layout-free description of each render
-(`look_features`: colour means and spreads, colour correlations, edge energy at two scales) and
-a code of the render's prompt; its text tower regresses the same prompt code. It stays a plain
-open_clip model, saved and loaded as any other.
+same in a few seconds: its image tower regresses a layout-free description of each render's look
+(`look_features`: the demo look is a texture, see zsearch.demo) and a code of the render's prompt;
+its text tower regresses the same prompt code. It stays a plain open_clip model, saved and loaded
+as any other.
 """
 
 from __future__ import annotations
@@ -13,45 +13,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOOK_SHARPNESS = 2.0  # the constant embedding axis: with it a score sees a look's distance, not just its direction
 PROMPT_WEIGHT = 1.0  # length of the prompt code beside the unit-variance look coordinates
 LOOK_LIMIT = 3.0  # standardised statistics beyond this are all just "far"
-TRAIN_STEPS = 100
+RADIUS_QUANTILE = 0.9  # the look's sphere holds this share of the lessons (a smaller one scores sharper)
+TRAIN_STEPS = 300  # at 100 the image tower's prompt read still leaned on the look
 BATCH = 128
-
-
-def look_features(images: torch.Tensor) -> torch.Tensor:
-    """(N, F) statistics of images (N, 3, H, W) in [0, 1] that do not depend on where things are."""
-    n = images.shape[0]
-    flat = images.reshape(n, 3, -1)
-    mean = flat.mean(dim=2)
-    centred = flat - mean[..., None]
-    std = centred.pow(2).mean(dim=2).clamp_min(1e-8).sqrt()
-    unit = centred / std[..., None]
-    corr = torch.stack([(unit[:, a] * unit[:, b]).mean(dim=1) for a, b in ((0, 1), (1, 2), (0, 2))], dim=1)
-    half = F.avg_pool2d(images, 2)
-    edges = [_edge_energy(images), _edge_energy(half)]
-    return torch.cat([mean, std, corr, *edges, tile_pattern(images)], dim=1)
-
-
 PATTERN_PERIOD = 16  # pixels a 2x2 latent patch spans (the demo VAE upsamples 8x)
 
 
-def tile_pattern(images: torch.Tensor) -> torch.Tensor:
+def look_features(images: torch.Tensor) -> torch.Tensor:
     """(N, 12) the mean colour of each quarter of the image's PATTERN_PERIOD-pixel tiles, averaged
-    over all tiles, less the image mean: a texture's colour pattern, whatever the layout."""
+    over all tiles, less the image mean: a texture's colour pattern, whatever the layout. Images
+    (N, 3, H, W) in [0, 1]. Mean colours, contrast and edges are left out: in the demo they are
+    the subject's and the seed's, not the look's."""
     n, _, height, width = images.shape
     p = PATTERN_PERIOD
     tiles = images[..., :height - height % p, :width - width % p]
     tiles = tiles.reshape(n, 3, height // p, p, width // p, p).mean(dim=(2, 4))
     quarters = F.avg_pool2d(tiles, p // 2)
     return (quarters - quarters.mean(dim=(2, 3), keepdim=True)).reshape(n, 12)
-
-
-def _edge_energy(images: torch.Tensor) -> torch.Tensor:
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean(dim=(2, 3))
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(dim=(2, 3))
-    return dx + dy
 
 
 def foreign_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -72,28 +52,37 @@ def prompt_codes(n_prompts: int, dim: int, seed: int = 0) -> torch.Tensor:
     return F.normalize(codes, dim=1)
 
 
-def targets(features: torch.Tensor, centre: torch.Tensor, spread: torch.Tensor, codes: torch.Tensor,
-            embed_dim: int) -> torch.Tensor:
-    """Target image embeddings: [standardised look, constant axis, prompt code], zero-padded to embed_dim."""
-    look = ((features - centre) / spread).clamp(-LOOK_LIMIT, LOOK_LIMIT)
-    constant = torch.full((len(features), 1), LOOK_SHARPNESS)
-    out = torch.cat([look, constant, PROMPT_WEIGHT * codes], dim=1)
+def standardised(features: torch.Tensor, centre: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    return ((features - centre) / spread).clamp(-LOOK_LIMIT, LOOK_LIMIT)
+
+
+def targets(look: torch.Tensor, codes: torch.Tensor, embed_dim: int, radius2: float) -> torch.Tensor:
+    """Target image embeddings: [standardised look, slack, prompt code], zero-padded to embed_dim.
+
+    The slack makes every look inside the sphere of radius² `radius2` the same length, so the
+    look cannot move the prompt cosine through the embedding's norm (a cosine divides by it),
+    while the style cosine still falls with the distance between looks.
+    """
+    slack = (radius2 - look.pow(2).sum(dim=1, keepdim=True)).clamp_min(0).sqrt()
+    out = torch.cat([look, slack, PROMPT_WEIGHT * codes], dim=1)
     return F.pad(out, (0, embed_dim - out.shape[1]))
 
 
 def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_index: torch.Tensor,
-                prompts: list[str], tokenizer, preprocess, seed: int = 0, steps: int = TRAIN_STEPS) -> dict:
+                prompts: list[str], tokenizer, preprocess, seed: int = 0, steps: int | None = None) -> dict:
     """Teach `model` (an open_clip CLIP) the looks of `images` and their prompts; returns fit figures.
 
     images (N, 3, H, W) in [0, 1]; look_index (N,) groups the images of one weighting (its
     renders of other seeds and prompts); prompt_index (N,) points into `prompts`. An image's look
     target is its group's mean statistics: what the weighting gives, with the seed averaged out.
     """
+    steps = TRAIN_STEPS if steps is None else steps
     embed_dim = model.text_projection.shape[1] if model.text_projection is not None else model.embed_dim
     per_image = look_features(images)
     groups = torch.zeros(int(look_index.max()) + 1, per_image.shape[1]).index_add_(0, look_index, per_image)
     features = (groups / torch.bincount(look_index)[:, None])[look_index]
     centre, spread = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
+    radius2 = standardised(features, centre, spread).pow(2).sum(dim=1).quantile(RADIUS_QUANTILE).item()
     # Images unlike any render (noise, smooth colour fields, flat colours), each its own look, so
     # the judge places what it has never seen far from every render, as a real CLIP does.
     others = foreign_images(len(images) // 8, images.shape[-2], images.shape[-1], seed)
@@ -102,9 +91,8 @@ def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_in
     prompt_index = torch.cat([prompt_index, torch.randint(len(prompts), (len(others),),
                                                           generator=torch.Generator().manual_seed(seed))])
     n_look = features.shape[1]
-    code_dim = embed_dim - n_look - 1
-    codes = prompt_codes(len(prompts), code_dim, seed)
-    image_target = targets(features, centre, spread, codes[prompt_index], embed_dim)
+    codes = prompt_codes(len(prompts), embed_dim - n_look - 1, seed)
+    image_target = targets(standardised(features, centre, spread), codes[prompt_index], embed_dim, radius2)
     text_target = F.pad(PROMPT_WEIGHT * codes, (n_look + 1, 0))
     pixels = preprocess(images)
     tokens = tokenizer(prompts)
