@@ -189,7 +189,10 @@ def _save_tiny_pipeline(out_dir: Path) -> None:
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
-def _make_decoder_local(decoder) -> None:
+CONTRAST = 0.5  # the decoder's output size: renders with few clipped pixels, so colours stay linear
+
+
+def _make_decoder_local(decoder) -> torch.Tensor:
     """Give the random decoder the one trait of a real VAE the demo needs: it decodes locally.
 
     A real decoder turns each latent patch into the colours and texture it encodes, so a shift
@@ -214,8 +217,8 @@ def _make_decoder_local(decoder) -> None:
         to_rgb = torch.randn(3, decoder.conv_out.weight.shape[1], generator=generator)
         to_rgb = 0.8 * to_rgb / to_rgb.norm(dim=1, keepdim=True)
         decoder.conv_out.weight.zero_()
-        decoder.conv_out.weight[:, :, 1, 1] = to_rgb
-        decoder.conv_out.bias.copy_(-0.2 * to_rgb.sum(dim=1))  # SiLU of a unit normal averages ~0.2
+        decoder.conv_out.weight[:, :, 1, 1] = CONTRAST * to_rgb
+        decoder.conv_out.bias.copy_(-0.2 * CONTRAST * to_rgb.sum(dim=1))  # SiLU of a unit normal averages ~0.2
     return to_rgb
 
 
