@@ -7,7 +7,8 @@ demo's own config (configs/demo.yaml, its objective weights and search space):
 - look: how alike the change baseline -> w* is across jobs (mean pairwise pixel cosine);
 - with --run: `zsearch run` on the demo, and the exported best's weight-space distance to w*
   against the baseline's (zsearch.search.distance); with --runs N, N runs with search seeds
-  0..N-1 and their median (on build 5 one run's distance swings 0.4-1.4x with the search seed alone).
+  0..N-1 and their median (one run is not a figure: on build 5 the distance swung 0.4-1.4x with the
+  search seed alone; on build 6 0.25-0.43x).
 
     python bench/demo_faithfulness.py [--threads 1] [--build-threads 1 2] [--run] [--runs 5] [--seeds 11 12 13 14]
 """

@@ -200,7 +200,7 @@ def test_missing_config_exits_2(tmp_path):
 
 
 def test_search_finds_the_known_optimum(tmp_path, demo_assets):
-    """References rendered at hidden weights w* (8 parameters) on prompts and seeds of their own:
+    """References rendered at hidden weights w* (8 parameters) with seeds of their own:
     the exported best lies close to w* in weight space, and scores as well as w* does."""
     from zsearch.lora.read import load_loras
     from zsearch.recipe import load_recipe
