@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-
+import logging
 import signal
 import time
 from pathlib import Path
@@ -211,8 +211,14 @@ def test_search_finds_the_known_optimum(tmp_path, demo_assets):
     from zsearch.search.space import SearchSpace
 
     config, w_star = known_optimum_config(tmp_path, demo_assets, search={"trials": 40, "seed": 1})
+    loggers = [logging.getLogger(name) for name in ("zsearch", "optuna")]
+    before = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
     best = run_module.run(config, show_progress=False)
     assert len(best.params) == 8
+    # in a process that goes on (a notebook, these tests) the loggers are left as they were, the
+    # log file closed (Windows cannot delete an open one) and written
+    assert [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers] == before
+    assert f"trial {config.search.trials - 1}: " in (config.out_dir / "zsearch.log").read_text()
 
     engine = session_module.load_engine(config)
     optimum = Evaluator(config, engine, session_module.load_scorers(config, engine.device)).evaluate(w_star).value

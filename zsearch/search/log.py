@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -17,26 +18,35 @@ from .best import trial_score
 log = logging.getLogger("zsearch")
 
 
-def setup_log(config: Config) -> None:
-    """Everything into results/<name>/zsearch.log; warnings also on the terminal."""
+@contextmanager
+def logging_to(config: Config) -> Iterator[None]:
+    """Everything into results/<name>/zsearch.log, warnings also on the terminal, while inside;
+    then the loggers as they were and the file closed (Windows cannot delete an open log)."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(config.out_dir / "zsearch.log")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     to_terminal = logging.StreamHandler(sys.stderr)
     to_terminal.setLevel(logging.WARNING)
     to_terminal.setFormatter(logging.Formatter("zsearch: %(message)s"))
-    for name in ("zsearch", "optuna"):
+    saved = []
+    for name, handlers in (("zsearch", (to_file, to_terminal)), ("optuna", (to_file,))):
         logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if getattr(h, "_zsearch", False)]:
-            logger.removeHandler(old)  # a previous run in this process
-            old.close()
-        for handler in (to_file, to_terminal) if name == "zsearch" else (to_file,):
-            handler._zsearch = True
+        saved.append((logger, handlers, logger.level, logger.propagate))
+        for handler in handlers:
             logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # the progress bar speaks on the terminal; the log file has the rest
     optuna.logging.disable_default_handler()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            for handler in handlers:
+                logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        to_file.close()
 
 
 def log_trial(trial: optuna.trial.FrozenTrial, best) -> None:

@@ -18,7 +18,7 @@ from . import records
 from .best import export_best, pick_best, trial_score
 from .budget import finished_count, has_room
 from .evaluate import Evaluator, TrialFailed
-from .log import log_trial, log_validation, setup_log
+from .log import log_trial, log_validation, logging_to
 from .objective import Objective
 from .progress import Progress
 from .session import Session
@@ -35,8 +35,8 @@ def run(config: Config, trials: Optional[int] = None, show_progress: bool = True
     """Run (or resume) the study until its trial budget or time budget is spent."""
     session = Session(config)
     session.study  # opened (and checked against its inputs) before anything is written
-    setup_log(config)
-    with Lease(config.out_dir):  # held while this worker may run trials; the OS drops it if we die
+    # the lease is held while this worker may run trials; the OS drops it if we die
+    with logging_to(config), Lease(config.out_dir):
         try:
             return _run(config, session, trials, show_progress)
         except BaseException:

@@ -8,7 +8,7 @@ import optuna
 
 from ..config import Config
 from .best import export_best
-from .log import log_validation, setup_log
+from .log import log_validation, logging_to
 from .session import Session
 from .trust import validate
 
@@ -17,7 +17,7 @@ def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:
     """Re-score the top trials of the config's study on the validation set; rewrite best.*."""
     session = Session(config)
     study = session.study  # opened (and checked against its inputs) before anything is written
-    setup_log(config)
-    engine = session.engine
-    log_validation(validate(config, study, session.space, engine, session.scorers))
-    return export_best(config, study, session.store, force=True)
+    with logging_to(config):
+        engine = session.engine
+        log_validation(validate(config, study, session.space, engine, session.scorers))
+        return export_best(config, study, session.store, force=True)
