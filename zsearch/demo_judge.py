@@ -82,7 +82,6 @@ def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_in
     groups = torch.zeros(int(look_index.max()) + 1, per_image.shape[1]).index_add_(0, look_index, per_image)
     features = (groups / torch.bincount(look_index)[:, None])[look_index]
     centre, spread = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
-    radius2 = standardised(features, centre, spread).pow(2).sum(dim=1).quantile(RADIUS_QUANTILE).item()
     # Images unlike any render (noise, smooth colour fields, flat colours), each its own look, so
     # the judge places what it has never seen far from every render, as a real CLIP does.
     others = foreign_images(len(images) // 8, images.shape[-2], images.shape[-1], seed)
@@ -92,7 +91,9 @@ def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_in
                                                           generator=torch.Generator().manual_seed(seed))])
     n_look = features.shape[1]
     codes = prompt_codes(len(prompts), embed_dim - n_look - 1, seed)
-    image_target = targets(standardised(features, centre, spread), codes[prompt_index], embed_dim, radius2)
+    look = standardised(features, centre, spread)
+    radius2 = look[:len(per_image)].pow(2).sum(dim=1).quantile(RADIUS_QUANTILE).item()  # the renders' looks
+    image_target = targets(look, codes[prompt_index], embed_dim, radius2)
     text_target = F.pad(PROMPT_WEIGHT * codes, (n_look + 1, 0))
     pixels = preprocess(images)
     tokens = tokenizer(prompts)
