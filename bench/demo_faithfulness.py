@@ -29,15 +29,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from zsearch.demo import build_demo  # noqa: E402
-from zsearch.inputs import load_config  # noqa: E402
+from zsearch.demo.build import build_demo  # noqa: E402
+from zsearch.settings.load import load_config  # noqa: E402
 from zsearch.lora.read import load_loras  # noqa: E402
-from zsearch.recipe import load_recipe  # noqa: E402
+from zsearch.lora.recipe import load_recipe  # noqa: E402
 from zsearch.search import run as run_module  # noqa: E402
 from zsearch.search import session  # noqa: E402
 from zsearch.search.distance import weight_distance  # noqa: E402
 from zsearch.search.evaluate import Evaluator  # noqa: E402
-from zsearch.search.space import SearchSpace  # noqa: E402
+from zsearch.study.space import SearchSpace  # noqa: E402
 
 
 def demo_config(folder: Path, assets_dir: Path, output: Path, seeds: list[int] | None = None,
@@ -118,7 +118,7 @@ def main() -> None:
         folder = Path(tmp)
         for threads in args.build_threads:  # build time from scratch (build_demo pins one thread itself)
             start = time.perf_counter()
-            import zsearch.demo as demo
+            import zsearch.demo.build as demo
             original = demo._one_thread
             demo._one_thread = lambda n=threads: _threads(n)
             build_demo(folder / f"build-{threads}")

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zsearch.blocks import all_modules  # noqa: E402
+from zsearch.lora.blocks import all_modules  # noqa: E402
 from zsearch.engine.device import default_dtype, pick_device  # noqa: E402
 
 PROMPTS = ["a lighthouse on a cliff at dusk", "a bowl of ramen on a wooden table",
@@ -36,7 +36,7 @@ def build_model_folder(folder: Path, device: torch.device, dtype: torch.dtype, s
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from zsearch.demo import _tiny_tokenizer  # a local byte-level Qwen2 tokenizer: no download
+    from zsearch.demo.build import _tiny_tokenizer  # a local byte-level Qwen2 tokenizer: no download
 
     tokenizer = _tiny_tokenizer()
     text_hidden = 64 if smoke else 2560

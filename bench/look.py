@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from zsearch.blocks import N_LAYERS, all_modules
-from zsearch.config import Config
-from zsearch.inputs import load_config
+from zsearch.lora.blocks import N_LAYERS, all_modules
+from zsearch.settings.schema import Config
+from zsearch.settings.load import load_config
 from zsearch.engine.weighting import recipe_scales
 from zsearch.lora.synth import make_random_lora, save_in_format
-from zsearch.recipe import LoraWeights, Recipe
-from zsearch.search.space import SearchSpace
+from zsearch.lora.recipe import LoraWeights, Recipe
+from zsearch.study.space import SearchSpace
 
 DIM, RANK, LOOK = 16, 2, 16  # model width, LoRA rank, look dimensions
 SIDE = 8  # "images" are 3×8×8
@@ -191,5 +191,5 @@ def build(folder: Path, seed: int = 0, batch: int = 2) -> Problem:
 
 
 def _module_objects(lora):
-    from zsearch.blocks import parse_module
+    from zsearch.lora.blocks import parse_module
     return {path: parse_module(path) for path in lora.modules}

@@ -47,7 +47,7 @@ def make_inputs(folder: Path, dim: int) -> None:
     """Write the three random LoRAs (run in a child process: this one stays small, see main)."""
     import torch
 
-    from zsearch.blocks import all_modules
+    from zsearch.lora.blocks import all_modules
     from zsearch.lora.synth import make_random_lora, save_in_format
 
     layers = [m for m in all_modules() if m.block == "layers"]  # 30 layers x 8 modules

@@ -32,9 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import look  # noqa: E402
 
-from zsearch.search import pruning, records  # noqa: E402
+from zsearch.search import pruning
+
+from zsearch.study import records
 from zsearch.search.evaluate import Evaluator, Scorers  # noqa: E402
-from zsearch.search.study import STARTUP, STARTUP_TRIALS, make_pruner, make_sampler  # noqa: E402
+from zsearch.study.storage import STARTUP, STARTUP_TRIALS, make_pruner, make_sampler  # noqa: E402
 
 DISTANCE_FRACTION = 0.3
 SCORE_FRACTION = 0.99

@@ -40,15 +40,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zsearch.blocks import COMPONENTS, all_modules  # noqa: E402
+from zsearch.lora.blocks import COMPONENTS, all_modules  # noqa: E402
 from zsearch.engine.compile import compile_blocks  # noqa: E402
 from zsearch.engine.device import default_dtype, pick_device  # noqa: E402
 from zsearch.engine.memory import place_pipeline  # noqa: E402
 from zsearch.engine.render import Job, Renderer  # noqa: E402
-from zsearch.engine.scorer import Scorer  # noqa: E402
+from zsearch.judges.openclip import Scorer  # noqa: E402
 from zsearch.engine.weighting import attach_loras  # noqa: E402
 from zsearch.lora.model import Lora  # noqa: E402
-from zsearch.recipe import LoraWeights, Recipe  # noqa: E402
+from zsearch.lora.recipe import LoraWeights, Recipe  # noqa: E402
 
 FULL_PROMPT_TOKENS = 120  # a typical Z-Image prompt after the chat template
 
@@ -75,7 +75,7 @@ class Setup:
 # -- building the models ---------------------------------------------------------------------------
 
 def tiny_setup(args, device, dtype) -> Setup:
-    from zsearch.demo import build_demo
+    from zsearch.demo.build import build_demo
     from zsearch.engine.pipeline import load_pipeline
     from zsearch.engine.prompts import encode_prompts
     from zsearch.lora.read import load_loras

@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory):
     """The tiny offline models, LoRAs and references, built once per test session."""
-    from zsearch.demo import build_demo
+    from zsearch.demo.build import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo"))
 

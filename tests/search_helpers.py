@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from zsearch.demo import CLIP_CONFIG
+from zsearch.demo.build import CLIP_CONFIG
 
 DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
 
@@ -61,7 +61,7 @@ def start(*args, cwd=None) -> subprocess.Popen:
 # The known-optimum problem: references rendered at hidden weights W_STAR that lie inside an
 # 8-parameter search space (per LoRA: ratio, attn, ffn, adaLN). As in real use the references
 # are other images than the search's jobs: seeds of their own (on the search's subjects, as the
-# demo's references are; see zsearch.demo).
+# demo's references are; see zsearch.demo.build).
 KNOWN_SPACE = {"ratio": [0.0, 1.5], "components": [0.25, 1.75], "layers": "none", "tie": ["attn", "ffn"]}
 W_STAR = [
     {"ratio": 0.8, "components": {"attn": 1.5, "ffn": 0.6, "adaLN": 1.0}},
@@ -73,9 +73,9 @@ KNOWN_REFERENCE_SEEDS = [91001, 91002, 91003]
 def known_optimum_config(tmp_path: Path, assets, **overrides):
     """A config whose references are renders of W_STAR on its prompts with KNOWN_REFERENCE_SEEDS,
     and that recipe."""
-    from zsearch.inputs import check_inputs, load_config
-    from zsearch.recipe import LoraWeights, Recipe
-    from zsearch.search.render import render_recipe
+    from zsearch.settings.load import check_inputs, load_config
+    from zsearch.lora.recipe import LoraWeights, Recipe
+    from zsearch.search.render_recipe import render_recipe
 
     path = demo_config(tmp_path, assets, **overrides)
     data = yaml.safe_load(path.read_text())

@@ -10,7 +10,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from zsearch.blocks import all_modules
+from zsearch.lora.blocks import all_modules
 from zsearch.cli import main
 from zsearch.lora.synth import make_random_lora, save_in_format
 
@@ -76,7 +76,7 @@ def test_merge_with_flags_matches_hand_computation(tmp_path, capsys, two):
     for path, (sa, sb) in cases.items():
         assert rel(delta(state, path), sa * source_delta(a, path) + sb * source_delta(b, path)) < 1e-5, path
     assert not any(k.startswith("diffusion_model.noise_refiner.") for k in state)  # weight 0: dropped
-    recipe = yaml.safe_load(meta["zsearch.recipe"])
+    recipe = yaml.safe_load(meta["zsearch.lora.recipe"])
     assert [lw["ratio"] for lw in recipe["loras"]] == [0.8, 0.5]
     assert recipe["loras"][0]["components"] == {"to_k": 2.0, "w1": 1.2, "attn": 0.7}
     assert recipe["loras"][1]["layers"] == {"0-9": 0.5, "20-29": 1.5, "noise_refiner": 0.0}

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zsearch.inputs import check_inputs, load_config
+from zsearch.settings.load import check_inputs, load_config
 from zsearch.errors import UserError
-from zsearch.search.space import SearchSpace, band_keys
+from zsearch.study.space import SearchSpace, band_keys
 
 
 def write(tmp_path: Path, data, name="c.yaml") -> Path:
@@ -98,7 +98,7 @@ def test_check_inputs_names_missing_files(tmp_path):
 def test_prompts_file_skips_comments_and_blanks(tmp_path):
     (tmp_path / "p.txt").write_text("# header\n\na cat\n  # indented comment\na dog  \n")
     config = load_config(write(tmp_path, base_config(prompts="p.txt")))
-    from zsearch.inputs import read_prompts
+    from zsearch.settings.load import read_prompts
     assert read_prompts(config.prompts) == ["a cat", "a dog"]
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(UserError, match="no prompts in the file"):
@@ -156,7 +156,7 @@ def test_space_size_baseline_and_recipe(tmp_path):
     assert all(v == 1.0 for v in baseline.loras[0].components.values())
     values = dict(space.baseline(), **{"a.attn": 0.5, "a.w2": 1.5, "a.layers.10-19": 2.0, "a.ratio": 0.8})
     recipe = space.recipe(values)
-    from zsearch.blocks import parse_module
+    from zsearch.lora.blocks import parse_module
     lw = recipe.loras[0]
     assert lw.scale(parse_module("layers.12.attention.to_k")) == pytest.approx(0.8 * 0.5 * 2.0)
     assert lw.scale(parse_module("layers.3.feed_forward.w2")) == pytest.approx(0.8 * 1.5)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from zsearch.blocks import all_modules
-from zsearch.demo import BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_SEEDS, build_demo, build_tiny_pipeline
-from zsearch.inputs import load_config
+from zsearch.lora.blocks import all_modules
+from zsearch.demo.build import BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_SEEDS, build_demo, build_tiny_pipeline
+from zsearch.settings.load import load_config
 from zsearch.lora.read import load_lora
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def demo_run(demo_assets, tmp_path_factory):
     import yaml
 
     from zsearch.search import session
-    from zsearch.search.space import SearchSpace
+    from zsearch.study.space import SearchSpace
 
     folder = tmp_path_factory.mktemp("demo-config")
     text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(demo_assets.root))

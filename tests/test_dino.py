@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from zsearch.engine.dino import DinoScorer, Preprocess, build_tiny_dino, load_image, preprocess
+from zsearch.judges.dino import DinoScorer, Preprocess, build_tiny_dino, load_image, preprocess
 from zsearch.errors import UserError
 
 

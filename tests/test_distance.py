@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zsearch.lora.model import Lora, LoraModule
-from zsearch.recipe import LoraWeights, Recipe
+from zsearch.lora.recipe import LoraWeights, Recipe
 from zsearch.search.distance import weight_distance
 
 Q, W1 = "layers.0.attention.to_q", "layers.12.feed_forward.w1"

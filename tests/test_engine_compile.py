@@ -15,8 +15,8 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from torch._dynamo.utils import counters
 
-from zsearch.blocks import all_modules
-from zsearch.demo import TRANSFORMER_CONFIG
+from zsearch.lora.blocks import all_modules
+from zsearch.demo.build import TRANSFORMER_CONFIG
 from zsearch.engine import Engine
 from zsearch.engine.compile import (PAYBACK, SAVED_SECONDS_PER_IMAGE, WARMUP_SECONDS, compile_blocks,
                                     decide_compile, is_compiled, planned_images)

@@ -7,11 +7,11 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from safetensors.torch import save_file
 
-from zsearch.demo import TRANSFORMER_CONFIG
+from zsearch.demo.build import TRANSFORMER_CONFIG
 from zsearch.engine.weighting import attach_loras, choose_way
 from zsearch.errors import UserError
 from zsearch.lora.read import load_lora
-from zsearch.recipe import LoraWeights, Recipe
+from zsearch.lora.recipe import LoraWeights, Recipe
 
 import trainer_layouts as T
 

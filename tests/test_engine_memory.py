@@ -17,7 +17,7 @@ from zsearch.engine.compile import is_compiled
 from zsearch.engine.memory import WORKING_FRACTION, choose_memory, needed_bytes, resolve_memory, way_for
 from zsearch.errors import UserError
 from zsearch.lora.read import load_loras
-from zsearch.recipe import LoraWeights, Recipe
+from zsearch.lora.recipe import LoraWeights, Recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -145,7 +145,7 @@ def test_auto_on_a_cpu_holds_the_weights_whole(demo_assets, tmp_path):
 def _config(tmp_path, render):
     import yaml
 
-    from zsearch.inputs import load_config
+    from zsearch.settings.load import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "loras": [{"path": "a.safetensors", "search": {"ratio": [0.0, 1.5]}}], "references": "refs",

@@ -9,10 +9,10 @@ from PIL import Image
 
 from zsearch.engine import Engine, Job, save_pngs
 from zsearch.engine.render import Renderer
-from zsearch.engine.scorer import read_image, reference_files
+from zsearch.judges.openclip import read_image, reference_files
 from zsearch.errors import UserError
 from zsearch.lora.read import load_loras
-from zsearch.recipe import LoraWeights, Recipe
+from zsearch.lora.recipe import LoraWeights, Recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -38,7 +38,7 @@ def render(engine, assets, jobs, batch=6):
 
 
 def test_engine_renders_the_references_at_the_hidden_recipe(engine, demo_assets):
-    # The references were rendered with the LoRAs fused into the weights by hand (zsearch.demo):
+    # The references were rendered with the LoRAs fused into the weights by hand (zsearch.demo.build):
     # the side path must give the same images, up to the PNG's 8-bit rounding.
     engine.set_recipe(demo_assets.hidden_recipe)
     files = reference_files(demo_assets.references)

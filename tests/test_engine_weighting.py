@@ -16,13 +16,13 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from torch import nn
 
-from zsearch.blocks import all_modules, parse_module
-from zsearch.demo import TRANSFORMER_CONFIG
+from zsearch.lora.blocks import all_modules, parse_module
+from zsearch.demo.build import TRANSFORMER_CONFIG
 from zsearch.engine.weighting import FusedFromCopy, SidePath, attach_loras, choose_way, recipe_scales
 from zsearch.errors import UserError
 from zsearch.lora.model import Lora, LoraModule
 from zsearch.lora.synth import make_random_lora
-from zsearch.recipe import LoraWeights, Recipe
+from zsearch.lora.recipe import LoraWeights, Recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

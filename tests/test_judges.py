@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from search_helpers import DEMO_CLIP_WIDTH
-from zsearch.config import JudgeEntry as JudgeSpec
-from zsearch.engine.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, Panel,
+from zsearch.settings.schema import JudgeEntry as JudgeSpec
+from zsearch.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, Panel,
                                    PreferenceJudge, build_panel)
-from zsearch.engine.judges.tiny import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
-from zsearch.engine.judges.weights import read_state_dict
-from zsearch.engine.scorer import Scorer, preprocess, read_image
+from zsearch.judges.tiny import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
+from zsearch.judges.weights import read_state_dict
+from zsearch.judges.openclip import Scorer, preprocess, read_image
 from zsearch.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -206,13 +206,13 @@ def test_a_term_from_two_judges_is_refused(clip_scorer):
 
 def _config(tmp_path, demo_assets, **overrides):
     from search_helpers import demo_config
-    from zsearch.inputs import load_config
+    from zsearch.settings.load import load_config
     return load_config(demo_config(tmp_path, demo_assets, **overrides))
 
 
 def test_config_terms_weights_and_pareto_choice(tmp_path, demo_assets):
-    from zsearch.config import JUDGE_TERMS
-    from zsearch.engine.judges import JUDGES
+    from zsearch.settings.schema import JUDGE_TERMS
+    from zsearch.judges import JUDGES
     assert {name: JUDGES[name].terms for name in JUDGE_TERMS} == {n: (t,) for n, t in JUDGE_TERMS.items()}
     head = build_tiny_aesthetic(tmp_path / "h.safetensors", 32)
     config = _config(tmp_path, demo_assets, identity={"references": str(demo_assets.references),

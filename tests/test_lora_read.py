@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zsearch.blocks import all_modules, expected_shape
+from zsearch.lora.blocks import all_modules, expected_shape
 from zsearch.errors import UserError
 from zsearch.lora.read import load_lora, load_loras
 from zsearch.lora.synth import FORMATS, make_random_lora, save_in_format

@@ -10,13 +10,13 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from zsearch.blocks import all_modules
+from zsearch.lora.blocks import all_modules
 from zsearch.errors import UserError
 from zsearch.lora.merge import merge_loras, merge_recipe, merge_to_file
 from zsearch.lora.read import load_lora, load_loras
 from zsearch.lora.synth import FORMATS, make_random_lora, save_in_format
 from zsearch.lora.write import check_output, merge_metadata, save_lora
-from zsearch.recipe import load_recipe, parse_recipe
+from zsearch.lora.recipe import load_recipe, parse_recipe
 
 DIM = 32
 ALL = [m.path for m in all_modules()]
@@ -250,12 +250,12 @@ def test_metadata_records_sources_recipe_and_version_and_replays(tmp_path):
     assert meta["zsearch.version"] == zsearch.__version__
     sources = json.loads(meta["zsearch.sources"])
     assert sources == [{"file": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in (pa, pb)]
-    data = yaml.safe_load(meta["zsearch.recipe"])
+    data = yaml.safe_load(meta["zsearch.lora.recipe"])
     assert data["loras"][0]["path"] == "../loras/" + pa.name
     assert data["loras"][1]["layers"] == {"0-9": 0.5}
     # the recipe in the metadata, saved next to the output, reproduces the output bit for bit
     replay = out.parent / "recipe.yaml"
-    replay.write_text(meta["zsearch.recipe"])
+    replay.write_text(meta["zsearch.lora.recipe"])
     again, _ = merge_recipe(load_recipe(replay))
     assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
 

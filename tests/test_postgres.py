@@ -19,7 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search_helpers import REPO, demo_config, env, start, zsearch
-from zsearch.search.records import SURPLUS
+from zsearch.study.records import SURPLUS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -58,7 +58,7 @@ def empty_db(pg_server):
 
 def test_workers_opening_an_empty_database_at_once_all_succeed(empty_db):
     """Optuna creates its tables on first open; three workers racing to do so all get a storage."""
-    code = ("from types import SimpleNamespace\nfrom zsearch.search.study import make_storage\n"
+    code = ("from types import SimpleNamespace\nfrom zsearch.study.storage import make_storage\n"
             f"make_storage(SimpleNamespace(storage_url={empty_db!r}))\nprint('ok')")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env(), cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]

@@ -7,10 +7,10 @@ import torch
 from safetensors import safe_open
 
 from zsearch import __version__
-from zsearch.inputs import parse_config
+from zsearch.settings.load import parse_config
 from zsearch.lora.write import save_lora
-from zsearch.provenance import provenance_metadata
-from zsearch.recipe import LoraWeights, Recipe, parse_recipe
+from zsearch.outputs.provenance import provenance_metadata
+from zsearch.lora.recipe import LoraWeights, Recipe, parse_recipe
 
 
 def _config(tmp_path, **extra):
@@ -56,7 +56,7 @@ def test_metadata_records_recipe_scores_prompts_seeds_model_scorers_version(tmp_
     assert json.loads(read["zsearch.objective"]) == {"style": 1.0, "prompt": 0.3, "pareto": False}
 
     # The recipe replays from the metadata: paths relative to best.safetensors' folder.
-    data = json.loads(read["zsearch.recipe"])
+    data = json.loads(read["zsearch.lora.recipe"])
     assert data["loras"][0]["path"] == "../../loras/style.safetensors"
     replayed = parse_recipe(data, "metadata", base_dir=path.parent)
     got = replayed.loras[0]

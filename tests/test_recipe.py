@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zsearch.blocks import Module, all_modules
+from zsearch.lora.blocks import Module, all_modules
 from zsearch.errors import UserError
-from zsearch.recipe import LoraWeights, load_recipe, parse_recipe, save_recipe
+from zsearch.lora.recipe import LoraWeights, load_recipe, parse_recipe, save_recipe
 
 
 def parse(loras, base=Path("/base")):
@@ -129,7 +129,7 @@ def test_unnamed_weights_default_to_one():
 
 def test_other_weighs_only_the_modules_outside_the_blocks():
     from pathlib import Path
-    from zsearch.recipe import LoraWeights
+    from zsearch.lora.recipe import LoraWeights
     weights = LoraWeights(Path("a.safetensors"), ratio=0.8, components={"other": 0.5, "attn": 2.0},
                           layers={"0-9": 3.0, "noise_refiner": 4.0})
     scales = weights.module_scales(["t_embedder.mlp.0", "all_final_layer.2-1.linear", "layers.0.attention.to_q",
@@ -143,8 +143,8 @@ def test_other_weighs_only_the_modules_outside_the_blocks():
 def test_other_is_searched_only_when_tied():
     from pathlib import Path
     from types import SimpleNamespace
-    from zsearch.config import LoraSearch
-    from zsearch.search.space import SearchSpace
+    from zsearch.settings.schema import LoraSearch
+    from zsearch.study.space import SearchSpace
 
     def space(tie):
         lora = SimpleNamespace(path=Path("style.safetensors"), ratio=1.0,

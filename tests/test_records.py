@@ -11,10 +11,12 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from zsearch.inputs import parse_config
+from zsearch.settings.load import parse_config
 from zsearch.report.facts import gather
-from zsearch.search import pruning, records, stats
-from zsearch.search.best import best_scores, pick_best
+from zsearch.search import pruning
+from zsearch.study import records
+from zsearch.study import stats
+from zsearch.outputs.best import best_scores, pick_best
 from zsearch.search.evaluate import Evaluation, Evaluator
 from zsearch.search.progress import gain_line
 

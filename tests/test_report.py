@@ -15,7 +15,7 @@ from PIL import Image
 
 from search_helpers import demo_config, zsearch
 from zsearch.cli import main
-from zsearch.inputs import parse_config
+from zsearch.settings.load import parse_config
 from zsearch.report import open_existing_study, write_report
 from zsearch.report.facts import duration, gather
 from zsearch.report.sections import HEADINGS
@@ -322,7 +322,9 @@ def test_the_summary_states_the_paired_gain_its_interval_and_a_verdict(tmp_path)
     """Per-job records (as the search writes them): the report pairs the held-out jobs."""
     import torch
 
-    from zsearch.search import records, stats
+    from zsearch.study import records
+
+    from zsearch.study import stats
     from zsearch.search.evaluate import Evaluation
 
     config, _ = _config(tmp_path, name="paired")

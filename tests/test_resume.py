@@ -102,9 +102,9 @@ def test_a_study_another_worker_is_still_setting_up_is_never_deleted(tmp_path, d
     """Two workers with the same name but other inputs: while the first has set the study up and is
     still loading its model (nothing measured, nothing failed), the second is refused and the
     study stays; once the first run has failed, the second may replace it."""
-    from zsearch.inputs import load_config
+    from zsearch.settings.load import load_config
     from zsearch.search.session import Session
-    from zsearch.search.study import mark_setup_failed
+    from zsearch.study.storage import mark_setup_failed
 
     first = Session(load_config(demo_config(tmp_path, demo_assets, search={"trials": 2})))
     study = first.study  # set up, then (as far as anyone can tell) loading the model

@@ -16,11 +16,11 @@ import yaml
 from PIL import Image
 
 from search_helpers import demo_config, start, zsearch
-from zsearch.inputs import load_config
-from zsearch.search.preference import bradley_terry
-from zsearch.search.review import (REVIEW_ATTR, ReviewServer, open_review, pick_candidates, render_candidates,
+from zsearch.settings.load import load_config
+from zsearch.review.bradley_terry import bradley_terry
+from zsearch.review.session import (REVIEW_ATTR, ReviewServer, open_review, pick_candidates, render_candidates,
                                    wait_until)
-from zsearch.search.study import artifact_store, make_storage
+from zsearch.study.storage import artifact_store, make_storage
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from zsearch.search.preference import bradley_terry, log_likelihood, round_robin
+from zsearch.review.bradley_terry import bradley_terry, log_likelihood, round_robin
 
 
 def test_two_items_ratio_is_wins_over_losses():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zsearch.engine.scorer import Scorer, preprocess, read_image, reference_files
+from zsearch.judges.openclip import Scorer, preprocess, read_image, reference_files
 from zsearch.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

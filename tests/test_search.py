@@ -51,7 +51,7 @@ def test_run_writes_every_output_and_best_matches_the_study(tmp_path, demo_asset
 
     # best.safetensors is exactly the foundation merge of best.yaml.
     from zsearch.lora.merge import merge_recipe
-    from zsearch.recipe import load_recipe
+    from zsearch.lora.recipe import load_recipe
     expected, _ = merge_recipe(load_recipe(out / "best.yaml"))
     written = load_file(out / "best.safetensors")
     assert set(written) == set(expected)
@@ -122,7 +122,7 @@ def test_kill_9_mid_trial_then_resume_keeps_trials_and_retries(tmp_path, demo_as
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 5
     dead = study.trials[killed[0]]
     assert dead.state == TrialState.FAIL  # found dead at once through its lease, no heartbeat wait
-    from zsearch.search.records import RetryDeadTrial
+    from zsearch.study.records import RetryDeadTrial
     retried = RetryDeadTrial.retried_trial_number  # the name this Optuna has
     retries = [t for t in study.trials if retried(t) == dead.number]
     assert len(retries) == 1 and retries[0].params == dead.params  # the same weighting, tried again
@@ -203,12 +203,12 @@ def test_search_finds_the_known_optimum(tmp_path, demo_assets):
     """References rendered at hidden weights w* (8 parameters) with seeds of their own:
     the exported best lies close to w* in weight space, and scores as well as w* does."""
     from zsearch.lora.read import load_loras
-    from zsearch.recipe import load_recipe
+    from zsearch.lora.recipe import load_recipe
     from zsearch.search import run as run_module
     from zsearch.search import session as session_module
     from zsearch.search.distance import weight_distance
     from zsearch.search.evaluate import Evaluator
-    from zsearch.search.space import SearchSpace
+    from zsearch.study.space import SearchSpace
 
     config, w_star = known_optimum_config(tmp_path, demo_assets, search={"trials": 40, "seed": 1})
     loggers = [logging.getLogger(name) for name in ("zsearch", "optuna")]

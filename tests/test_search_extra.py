@@ -13,10 +13,10 @@ import yaml
 from optuna.trial import TrialState
 
 from search_helpers import demo_config, start, zsearch
-from zsearch.inputs import check_inputs, load_config
+from zsearch.settings.load import check_inputs, load_config
 from zsearch.search import run as run_module
 from zsearch.search import session as session_module
-from zsearch.search.study import make_sampler
+from zsearch.study.storage import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -61,7 +61,7 @@ def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_p
 
 def test_only_trials_numbered_after_the_budget_are_surplus():
     """The budget belongs to the first `total` trials by number that have not failed."""
-    from zsearch.search.budget import is_surplus
+    from zsearch.study.budget import is_surplus
 
     study = optuna.create_study()
     for value in (1.0, 2.0, 3.0):
@@ -79,8 +79,8 @@ def test_only_trials_numbered_after_the_budget_are_surplus():
 def test_a_trial_started_in_a_race_for_the_last_place_gives_it_up(tmp_path, demo_assets, monkeypatch):
     """Two workers that check the budget at the same moment both start a trial: the later one
     (by trial number) renders nothing, fails as surplus, and the study ends at exactly its budget."""
-    from zsearch.search import budget, records
-
+    from zsearch.study import budget
+    from zsearch.study import records
     config = loaded(demo_config(tmp_path, demo_assets, search={"trials": 2}))
     real_load, renders = session_module.load_engine, []
 
@@ -177,9 +177,9 @@ def test_a_trial_the_pruner_stops_completes_as_partial_and_is_never_picked_or_va
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from zsearch.search import records
-    from zsearch.search.space import SearchSpace
-    from zsearch.search.study import open_study
+    from zsearch.study import records
+    from zsearch.study.space import SearchSpace
+    from zsearch.study.storage import open_study
 
     config = loaded(demo_config(tmp_path, demo_assets, render={"batch": 2}, search={"trials": 4, "prune": True},
                                 validation={"top_k": 3}))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as ss
 
-from zsearch.search.stats import (CONCLUSIVE, NO_GAIN, SUGGESTIVE, Comparison, bootstrap_interval, compare,
+from zsearch.study.stats import (CONCLUSIVE, NO_GAIN, SUGGESTIVE, Comparison, bootstrap_interval, compare,
                                   paired_differences, signed_rank_p, verdict)
 
 

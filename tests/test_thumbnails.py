@@ -73,7 +73,7 @@ def test_thumbnails_are_jpeg_at_most_256_px_an_image_and_full_size_is_kept_for_t
     assert better.user_attrs["grid_full_artifact"] not in kept and better.user_attrs["grid_artifact"] in kept
     for trial in (baseline, best, newest):
         assert trial.user_attrs["grid_full_artifact"] in kept
-    from zsearch.search.best import _load_grid
+    from zsearch.outputs.best import _load_grid
     assert _load_grid(store, study.trials[better.number]).size == (4 * 256 + 5 * 2, 2 * 256 + 3 * 2)
     assert _load_grid(store, study.trials[best.number]).size == full.size
 

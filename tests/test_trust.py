@@ -11,11 +11,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search_helpers import demo_config
-from zsearch.inputs import check_inputs, load_config
+from zsearch.settings.load import check_inputs, load_config
 from zsearch.search import run as run_module
 from zsearch.search import session as session_module
 from zsearch.search.evaluate import Evaluator
-from zsearch.search.space import SearchSpace
+from zsearch.study.space import SearchSpace
 from zsearch.search.trust import analyse_screening, screening_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -69,7 +69,7 @@ def test_a_weighting_that_wins_only_on_training_seeds_is_not_picked(tmp_path, de
     space = SearchSpace(config)
     # Plant a trial that "won" on the training seeds with a score no real render reaches: every
     # LoRA component switched off. Validation renders it for real, on new seeds.
-    from zsearch.search.study import open_study
+    from zsearch.study.storage import open_study
     study = open_study(config, space)
     planted = {name: 0.0 for name in space.describe()}
     study.add_trial(create_trial(params=planted, value=10.0, user_attrs={"score": 10.0},
@@ -91,7 +91,7 @@ def test_a_weighting_that_wins_only_on_training_seeds_is_not_picked(tmp_path, de
 
 def _screened_study(config, space, effects: dict[str, float], std: float):
     """A study holding a baseline at 0.5 and screening trials with the given effects."""
-    from zsearch.search.study import make_storage
+    from zsearch.study.storage import make_storage
     study = optuna.create_study(study_name=config.name, storage=make_storage(config), direction="maximize")
     dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
     study.add_trial(create_trial(params=space.baseline(), value=0.5, distributions=dists,
@@ -136,7 +136,7 @@ def test_frozen_parameters_stay_at_baseline_in_later_trials(tmp_path, demo_asset
 
 def test_identity_set_scored_by_dinov2_beside_clip(tmp_path, demo_assets):
     """A subject set judged by a (tiny, random) DINOv2 joins the objective with its weight."""
-    from zsearch.engine.dino import build_tiny_dino
+    from zsearch.judges.dino import build_tiny_dino
     dino = build_tiny_dino(tmp_path / "dino")
     config = config_for(tmp_path, demo_assets, search={"trials": 2},
                         identity={"references": str(demo_assets.references), "model": str(dino), "weight": 0.5})
@@ -152,7 +152,7 @@ def test_identity_set_scored_by_dinov2_beside_clip(tmp_path, demo_assets):
 
 def _paired_screen_study(config, space, base_jobs, ends: dict):
     """Baseline and screening trials with per-job scores; `ends[name] = (low_jobs, high_jobs)`."""
-    from zsearch.search import records
+    from zsearch.study import records
     study = optuna.create_study(direction="maximize")
     dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
 

@@ -7,12 +7,12 @@ import sys
 import time
 
 from search_helpers import REPO, env
-from zsearch.search.workers import WORKER_ID, Lease, is_dead, lease_path
+from zsearch.study.workers import WORKER_ID, Lease, is_dead, lease_path
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from zsearch.search.workers import Lease, WORKER_ID
+from zsearch.study.workers import Lease, WORKER_ID
 with Lease(Path(sys.argv[1])):
     print(WORKER_ID, flush=True)
     time.sleep(600)
@@ -45,7 +45,7 @@ def test_unknown_workers_and_this_one_are_never_dead(tmp_path):
 
 
 def test_worker_ids_differ_between_processes():
-    code = "from zsearch.search.workers import WORKER_ID; print(WORKER_ID)"
+    code = "from zsearch.study.workers import WORKER_ID; print(WORKER_ID)"
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
                           cwd=REPO).stdout.strip() for _ in range(2)}
     assert len(ids) == 2 and WORKER_ID not in ids

@@ -11,8 +11,8 @@ import importlib
 import os
 import sys
 
-from . import __version__
-from .errors import UserError
+from zsearch import __version__
+from zsearch.errors import UserError
 
 # Sub-command modules; each has `register(subparsers)` that sets `func` on its parser.
 COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools", "review")

@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..blocks import COMPONENTS, GROUPS, OTHER
-from ..errors import UserError
-from ..recipe import Recipe, load_recipe, parse_recipe
+from zsearch.lora.blocks import COMPONENTS, GROUPS, OTHER
+from zsearch.errors import UserError
+from zsearch.lora.recipe import Recipe, load_recipe, parse_recipe
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 WEIGHT_FLAGS = (*COMPONENTS, *GROUPS)  # --adaLN --to_q ... --w3, and the groups --attn --qk --ffn
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from ..lora.inspect import format_report, inspect_lora
-    from ..lora.read import load_lora
+    from zsearch.lora.inspect import format_report, inspect_lora
+    from zsearch.lora.read import load_lora
     infos = [inspect_lora(load_lora(path)) for path in args.files]
     if args.json:
         print(json.dumps({"files": infos}, indent=2))
@@ -65,9 +65,9 @@ def cmd_inspect(args) -> int:
 def cmd_merge(args) -> int:
     import torch
 
-    from ..lora.merge import merge_to_file
-    from ..lora.read import load_loras
-    from ..lora.write import check_output, merge_metadata
+    from zsearch.lora.merge import merge_to_file
+    from zsearch.lora.read import load_loras
+    from zsearch.lora.write import check_output, merge_metadata
 
     recipe = recipe_from_args(args)
     if args.rank is not None and args.rank < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..inputs import load_config
+from zsearch.settings.load import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args) -> int:
     import optuna
-    from ..report import write_report
+    from zsearch.report import write_report
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its scratch studies need no log lines
     config = load_config(args.config)
     index = write_report(config)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..inputs import check_inputs, load_config
+from zsearch.settings.load import check_inputs, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_review(args) -> int:
-    from ..search.best import export_best
-    from ..search.review import ReviewServer, open_review, pick_candidates, render_candidates
-    from ..search.study import artifact_store, check_fingerprint, make_storage
-    from .search_tools import _existing_study, _summary
+    from zsearch.outputs.best import export_best
+    from zsearch.review.session import ReviewServer, open_review, pick_candidates, render_candidates
+    from zsearch.study.storage import artifact_store, check_fingerprint, make_storage
+    from zsearch.commands.search_tools import _existing_study, _summary
 
     config = load_config(args.config)
     study = _existing_study(config)

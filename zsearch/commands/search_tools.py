@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..inputs import check_inputs, check_writable_folder, load_config
-from ..errors import UserError
+from zsearch.settings.load import check_inputs, check_writable_folder, load_config
+from zsearch.errors import UserError
 
 
 def port_number(text: str) -> int:
@@ -71,14 +71,14 @@ def _summary(config, trial) -> str:
     if (info.get("chosen_by") or {}).get("by") == "person":
         parts.append(f"chosen by you in the review ({info['chosen_by']['choices']} choices)")
     out = config.out_dir
-    from ..search.progress import gain_line
+    from zsearch.search.progress import gain_line
     verdict = gain_line(scores)
     return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n" + (f"  {verdict}\n" if verdict else "") +
             f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}")
 
 
 def cmd_run(args) -> int:
-    from ..search.run import run
+    from zsearch.search.run import run
     config = load_config(args.config)
     if args.trials is not None and args.trials < 1:
         raise UserError("--trials must be at least 1")
@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
 def _existing_study(config):
     """The config's study; UserError when there is none yet (nothing is created)."""
     import optuna
-    from ..search.study import make_storage
+    from zsearch.study.storage import make_storage
     if config.storage is None and not (config.out_dir / "study.db").exists():
         raise UserError(f"no study '{config.name}' yet (no {config.out_dir / 'study.db'}); "
                         f"run `zsearch run {config.source}` first")
@@ -102,8 +102,8 @@ def _existing_study(config):
 
 
 def cmd_best(args) -> int:
-    from ..search.best import export_best
-    from ..search.study import artifact_store, check_fingerprint
+    from zsearch.outputs.best import export_best
+    from zsearch.study.storage import artifact_store, check_fingerprint
     config = load_config(args.config)
     study = _existing_study(config)
     check_inputs(config)
@@ -114,7 +114,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ..search.validate import validate_study
+    from zsearch.search.validate import validate_study
     config = load_config(args.config)
     _existing_study(config)
     print(_summary(config, validate_study(config)))
@@ -123,7 +123,7 @@ def cmd_validate(args) -> int:
 
 def cmd_dashboard(args) -> int:
     import optuna_dashboard
-    from ..search.study import artifact_store, make_storage
+    from zsearch.study.storage import artifact_store, make_storage
     config = load_config(args.config)
     _existing_study(config)
     check_port_free("127.0.0.1", args.port)
@@ -138,9 +138,9 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from ..recipe import load_recipe
-    from ..search.render import render_recipe
-    from ..search.space import SearchSpace
+    from zsearch.lora.recipe import load_recipe
+    from zsearch.search.render_recipe import render_recipe
+    from zsearch.study.space import SearchSpace
     config = load_config(args.config)
     recipe = load_recipe(args.recipe) if args.recipe else SearchSpace(config).recipe({})
     if len(recipe.loras) != len(config.loras):

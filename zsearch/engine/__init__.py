@@ -16,15 +16,15 @@ from typing import Sequence
 
 import torch
 
-from ..lora.model import Lora
-from ..recipe import Recipe
-from .compile import compile_blocks, decide_compile
-from .device import default_dtype, pick_device
-from .memory import place_pipeline, resolve_memory, way_for
-from .pipeline import load_pipeline
-from .prompts import encode_prompts
-from .render import Job, Renderer, save_pngs
-from .weighting import Weighting, attach_loras
+from zsearch.lora.model import Lora
+from zsearch.lora.recipe import Recipe
+from zsearch.engine.compile import compile_blocks, decide_compile
+from zsearch.engine.device import default_dtype, pick_device
+from zsearch.engine.memory import place_pipeline, resolve_memory, way_for
+from zsearch.engine.pipeline import load_pipeline
+from zsearch.engine.prompts import encode_prompts
+from zsearch.engine.render import Job, Renderer, save_pngs
+from zsearch.engine.weighting import Weighting, attach_loras
 
 __all__ = ["Engine", "Job", "save_pngs"]
 
@@ -96,7 +96,7 @@ class Engine:
 
     def close(self) -> None:
         """Detach the LoRAs and drop the pipeline (frees GPU memory for whatever runs next)."""
-        from .device import release_memory
+        from zsearch.engine.device import release_memory
 
         self.weighting.detach()
         del self.renderer, self.pipe

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
+from zsearch.errors import UserError
 
 SETTINGS = ("auto", "true", "false")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
+from zsearch.errors import UserError
 
 
 def pick_device(name: str | None = None) -> torch.device:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from zsearch.errors import UserError
 
 MODES = ("full", "fp8", "offload")
 SETTINGS = ("auto", *MODES)
@@ -65,7 +65,7 @@ def weight_bytes(transformer: nn.Module, dtype: torch.dtype) -> int:
 def resolve_memory(setting: str, device: torch.device, transformer: nn.Module, dtype: torch.dtype
                    ) -> tuple[str, str]:
     """(mode, why) for a config's `render.memory`; `auto` measures the device's free memory now."""
-    from .device import free_memory_bytes
+    from zsearch.engine.device import free_memory_bytes
 
     if setting not in SETTINGS:
         raise UserError(f"render.memory '{setting}' is unknown; use {', '.join(SETTINGS)}")

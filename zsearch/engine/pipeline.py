@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from ..errors import UserError
+from zsearch.errors import UserError
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 PIPELINE_CLASS = "ZImagePipeline"

@@ -15,9 +15,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
-from .device import release_memory
-from .pipeline import _as_user_error, _quiet_hub, check_local_folder, is_local
+from zsearch.util.atomic import atomic_path
+from zsearch.engine.device import release_memory
+from zsearch.engine.pipeline import _as_user_error, _quiet_hub, check_local_folder, is_local
 
 MAX_SEQUENCE_LENGTH = 512  # ZImagePipeline's default
 ENCODE_BATCH = 8

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from zsearch.util.atomic import atomic_path
+from zsearch.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,6 @@ def save_pngs(images: torch.Tensor, paths: Sequence[str | Path]) -> None:
 
 
 def _release_cuda() -> None:
-    from .device import release_memory
+    from zsearch.engine.device import release_memory
 
     release_memory()

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import Module, parse_module
-from ..errors import UserError
-from ..lora.model import Lora
-from ..recipe import LoraWeights, Recipe
-from .device import free_memory_bytes
+from zsearch.lora.blocks import Module, parse_module
+from zsearch.errors import UserError
+from zsearch.lora.model import Lora
+from zsearch.lora.recipe import LoraWeights, Recipe
+from zsearch.engine.device import free_memory_bytes
 
 FUSED_HEADROOM = 1.5  # "auto" picks fused when free memory exceeds the patched weights by this factor
 

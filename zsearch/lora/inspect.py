@@ -11,8 +11,8 @@ from collections import Counter
 
 import torch
 
-from ..blocks import COMPONENTS, OTHER, REFINERS, ZIMAGE_TURBO_DIM, parse_module
-from .model import AnyModule, Lora
+from zsearch.lora.blocks import COMPONENTS, OTHER, REFINERS, ZIMAGE_TURBO_DIM, parse_module
+from zsearch.lora.model import AnyModule, Lora
 
 LAYER_BANDS = ((0, 9), (10, 19), (20, 29))  # where a LoRA acts: early, middle, late layers
 BANDS = (*REFINERS, *(f"{lo}-{hi}" for lo, hi in LAYER_BANDS))

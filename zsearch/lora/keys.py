@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..blocks import COMPONENTS, OTHER_MODULES, REFINERS
-from ..errors import UserError
+from zsearch.lora.blocks import COMPONENTS, OTHER_MODULES, REFINERS
+from zsearch.errors import UserError
 
 # Key suffix -> role. `.lora_A.<adapter>.weight` (PEFT/DiffSynth) is matched by _ADAPTER_RE.
 _ROLE_SUFFIXES = (

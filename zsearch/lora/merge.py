@@ -23,12 +23,12 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ..atomic import atomic_path
-from ..errors import UserError
-from ..recipe import Recipe
-from .model import AnyModule, LohaModule, LokrModule, Lora, LoraModule
-from .read import load_loras, model_order
-from .write import check_output, write_safetensors_stream
+from zsearch.util.atomic import atomic_path
+from zsearch.errors import UserError
+from zsearch.lora.recipe import Recipe
+from zsearch.lora.model import AnyModule, LohaModule, LokrModule, Lora, LoraModule
+from zsearch.lora.read import load_loras, model_order
+from zsearch.lora.write import check_output, write_safetensors_stream
 
 KEY_PREFIX = "diffusion_model."  # AI-Toolkit form: loads in ComfyUI and diffusers alike
 MIXED_RANK = 64  # rank of the SVD written where LoRA and LoKr/LoHa mix on a module and no rank is given

@@ -32,11 +32,11 @@ from typing import Iterable
 import torch
 from safetensors import safe_open
 
-from ..blocks import (COMPONENTS, N_LAYERS, OTHER, OTHER_MODULES, REFINERS, ZIMAGE_TURBO_DIM, expected_shape,
+from zsearch.lora.blocks import (COMPONENTS, N_LAYERS, OTHER, OTHER_MODULES, REFINERS, ZIMAGE_TURBO_DIM, expected_shape,
                       other_width_side, parse_module)
-from ..errors import UserError
-from .keys import FUSED_OUT, FUSED_QKV, OTHER_MODEL_WIDTHS, group_keys, refuse_other_adapters, refuse_other_models
-from .model import AnyModule, Lora, LohaModule, LokrModule, LoraModule
+from zsearch.errors import UserError
+from zsearch.lora.keys import FUSED_OUT, FUSED_QKV, OTHER_MODEL_WIDTHS, group_keys, refuse_other_adapters, refuse_other_models
+from zsearch.lora.model import AnyModule, Lora, LohaModule, LokrModule, LoraModule
 
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
              if hasattr(torch, n))

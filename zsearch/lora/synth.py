@@ -14,9 +14,9 @@ from typing import Iterable
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import atomic_path
-from ..blocks import COMPONENTS, N_LAYERS, Module, all_modules, expected_shape, parse_module
-from .model import Lora, LoraModule
+from zsearch.util.atomic import atomic_path
+from zsearch.lora.blocks import COMPONENTS, N_LAYERS, Module, all_modules, expected_shape, parse_module
+from zsearch.lora.model import Lora, LoraModule
 
 FORMATS = ("ai-toolkit", "diffusers", "kohya", "kohya-fused", "comfyui", "diffsynth")
 _FUSED_FORMATS = ("kohya-fused", "comfyui")

@@ -15,10 +15,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from .. import __version__
-from ..atomic import atomic_path
-from ..errors import UserError
-from ..recipe import Recipe, recipe_to_dict
+from zsearch import __version__
+from zsearch.util.atomic import atomic_path
+from zsearch.errors import UserError
+from zsearch.lora.recipe import Recipe, recipe_to_dict
 
 
 def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
@@ -125,7 +125,7 @@ def merge_metadata(recipe: Recipe, output: str | os.PathLike, **extra: object) -
     metadata = {
         "zsearch.version": __version__,
         "zsearch.sources": json.dumps(sources),
-        "zsearch.recipe": recipe_text,
+        "zsearch.lora.recipe": recipe_text,
     }
     metadata.update({f"zsearch.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return metadata

@@ -17,18 +17,18 @@ from typing import Optional
 import optuna
 import yaml
 
-from ..config import Config
-from ..errors import UserError
-from . import sections, terms
-from .facts import StudyFacts, gather, is_screening
-from .page import Heading, Para, to_html, to_markdown
+from zsearch.settings.schema import Config
+from zsearch.errors import UserError
+from zsearch.report import sections, terms
+from zsearch.report.facts import StudyFacts, gather, is_screening
+from zsearch.report.page import Heading, Para, to_html, to_markdown
 
 __all__ = ["write_report", "open_existing_study", "param_importances"]
 
 
 def open_existing_study(config: Config) -> optuna.Study:
     """The config's study, or a one-line UserError; never creates a database or a study."""
-    from ..search.study import make_storage
+    from zsearch.study.storage import make_storage
 
     url = config.storage_url
     missing = None
@@ -106,7 +106,7 @@ def build(config: Config, study: optuna.Study, folder: Path) -> list:
     blocks += sections.importance(facts, folder, importances, error)
     blocks += sections.effects(facts, folder, order)
     blocks += sections.validation(facts, folder, config_path)
-    from ..search.study import artifact_store
+    from zsearch.study.storage import artifact_store
     blocks += terms.section(study, folder, artifact_store(config))
     blocks += sections.grid(facts, folder / "best.png" if best_png.is_file() else None, config_path)
     return blocks

@@ -14,9 +14,9 @@ from typing import Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..search import records
-from ..search.records import Noise, ScreenRow, Validation, ValidationRow, is_screening, trial_score
-from ..search.stats import Comparison
+from zsearch.study import records
+from zsearch.study.records import Noise, ScreenRow, Validation, ValidationRow, is_screening, trial_score
+from zsearch.study.stats import Comparison
 
 __all__ = ["StudyFacts", "gather", "duration", "trial_score", "is_screening", "Noise", "ScreenRow",
            "Validation", "ValidationRow"]

@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from ..atomic import atomic_path
-from .facts import StudyFacts, is_screening, trial_score
+from zsearch.util.atomic import atomic_path
+from zsearch.report.facts import StudyFacts, is_screening, trial_score
 
 DPI = 110
 MAX_BARS = 30  # importance bars shown; the rest are listed as a count

@@ -11,10 +11,12 @@ from typing import Optional
 
 from optuna.trial import FrozenTrial
 
-from ..search import records, stats
-from . import plots
-from .facts import StudyFacts, duration, trial_score
-from .page import Block, Heading, Image, Para, Table
+from zsearch.study import records
+
+from zsearch.study import stats
+from zsearch.report import plots
+from zsearch.report.facts import StudyFacts, duration, trial_score
+from zsearch.report.page import Block, Heading, Image, Para, Table
 
 HEADINGS = {
     "summary": "Summary",

@@ -15,8 +15,8 @@ from typing import Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..search.records import GRID as GRID_ATTR, TERMS
-from .page import Block, Heading, Image, Para, Table
+from zsearch.study.records import GRID as GRID_ATTR, TERMS
+from zsearch.report.page import Block, Heading, Image, Para, Table
 
 LEGACY_TERMS = ("style", "prompt", "identity")
 

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from ..lora.model import Lora
-from ..recipe import Recipe
+from zsearch.lora.model import Lora
+from zsearch.lora.recipe import Recipe
 
 
 def weight_distance(loras: list[Lora], recipe: Recipe, target: Recipe) -> float:

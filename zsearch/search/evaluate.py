@@ -15,9 +15,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..config import Config
-from ..engine.render import Job
-from ..recipe import Recipe
+from zsearch.settings.schema import Config
+from zsearch.engine.render import Job
+from zsearch.lora.recipe import Recipe
 
 
 class TrialFailed(Exception):
@@ -86,7 +86,7 @@ class Evaluator:
         self.identity = scorers.identity if scorers else None
         self.panel = None
         if scorers is not None:
-            from ..engine.judges import build_panel
+            from zsearch.judges import build_panel
             self.panel = scorers.panel or build_panel(scorers.clip, scorers.identity)
         self.prompts = prompts if prompts is not None else config.prompt_list
         self.jobs = make_jobs(self.prompts, seeds if seeds is not None else config.seeds, engine.prompts)

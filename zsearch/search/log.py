@@ -11,9 +11,9 @@ from typing import Iterator, Optional
 import optuna
 from optuna.trial import TrialState
 
-from ..config import Config
-from . import records
-from .best import trial_score
+from zsearch.settings.schema import Config
+from zsearch.study import records
+from zsearch.outputs.best import trial_score
 
 log = logging.getLogger("zsearch")
 

@@ -10,14 +10,15 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
-from ..config import Config
-from ..grid import job_grid, save_jpeg, save_png, shrink
-from . import budget as trial_budget
-from . import pruning, records
-from .best import FULL_GRID_ATTR as FULL_GRID
-from .evaluate import Evaluation, Evaluator, TrialFailed
-from .space import SearchSpace
-from .workers import WORKER_ID
+from zsearch.settings.schema import Config
+from zsearch.outputs.grid import job_grid, save_jpeg, save_png, shrink
+from zsearch.study import budget as trial_budget
+from zsearch.search import pruning
+from zsearch.study import records
+from zsearch.outputs.best import FULL_GRID_ATTR as FULL_GRID
+from zsearch.search.evaluate import Evaluation, Evaluator, TrialFailed
+from zsearch.study.space import SearchSpace
+from zsearch.study.workers import WORKER_ID
 
 
 class Objective:

@@ -18,8 +18,8 @@ from typing import Optional
 
 import optuna
 
-from . import records
-from .evaluate import Evaluation, Evaluator
+from zsearch.study import records
+from zsearch.search.evaluate import Evaluation, Evaluator
 
 PARTIAL = "partial"  # stopped trials complete with a paired estimate, marked partial
 PRUNED = "pruned"  # stopped trials are PRUNED (Optuna's default; a GP learns nothing from them)

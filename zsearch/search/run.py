@@ -11,22 +11,22 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
-from ..config import Config
-from ..engine.compile import planned_images
-from ..errors import UserError
-from . import records
-from .best import export_best, pick_best, trial_score
-from .budget import finished_count, has_room
-from .evaluate import Evaluator, TrialFailed
-from .log import log_trial, log_validation, logging_to
-from .objective import Objective
-from .progress import Progress
-from .session import Session
-from .signals import GracefulStop
-from .study import mark_setup_failed
-from .space import SearchSpace
-from .trust import analyse_screening, frozen_params, measure_noise, validate
-from .workers import Lease
+from zsearch.settings.schema import Config
+from zsearch.engine.compile import planned_images
+from zsearch.errors import UserError
+from zsearch.study import records
+from zsearch.outputs.best import export_best, pick_best, trial_score
+from zsearch.study.budget import finished_count, has_room
+from zsearch.search.evaluate import Evaluator, TrialFailed
+from zsearch.search.log import log_trial, log_validation, logging_to
+from zsearch.search.objective import Objective
+from zsearch.search.progress import Progress
+from zsearch.search.session import Session
+from zsearch.search.signals import GracefulStop
+from zsearch.study.storage import mark_setup_failed
+from zsearch.study.space import SearchSpace
+from zsearch.search.trust import analyse_screening, frozen_params, measure_noise, validate
+from zsearch.study.workers import Lease
 
 log = logging.getLogger("zsearch")
 

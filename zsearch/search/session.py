@@ -8,25 +8,25 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from ..config import Config
-from ..inputs import check_inputs, check_setup
-from .evaluate import Scorers
-from .space import SearchSpace
-from .study import artifact_store, open_study
+from zsearch.settings.schema import Config
+from zsearch.settings.load import check_inputs, check_setup
+from zsearch.search.evaluate import Scorers
+from zsearch.study.space import SearchSpace
+from zsearch.study.storage import artifact_store, open_study
 
 
 def prepare(config: Config) -> None:
     """Build the demo's tiny models when asked, then check every input before any study exists."""
     if config.demo is not None:
-        from ..demo import build_demo
+        from zsearch.demo.build import build_demo
         build_demo(config.demo)
     check_inputs(config)
     check_setup(config)
 
 
 def load_engine(config: Config, planned_images: int = 0):
-    from ..engine import Engine  # planned_images: what render.compile auto weighs the warm-up against
-    from ..lora.read import load_loras
+    from zsearch.engine import Engine  # planned_images: what render.compile auto weighs the warm-up against
+    from zsearch.lora.read import load_loras
     loras = load_loras([lora.path for lora in config.loras])
     prompts = list(dict.fromkeys([*config.prompt_list, *config.validation_prompts]))
     r = config.render
@@ -36,15 +36,15 @@ def load_engine(config: Config, planned_images: int = 0):
 
 
 def load_scorers(config: Config, device) -> Scorers:
-    from ..engine.scorer import Scorer
+    from zsearch.judges.openclip import Scorer
     clip = Scorer.load(config.scorer.model, config.scorer.pretrained, config.references,
                        style=config.scorer.style, device=device, cache_dir=config.cache_dir)
     identity = None
     if config.identity is not None:
-        from ..engine.dino import DinoScorer
+        from zsearch.judges.dino import DinoScorer
         identity = DinoScorer.load(config.identity.model, config.identity.references, device=device,
                                    cache_dir=config.cache_dir)
-    from ..engine.judges import build_panel
+    from zsearch.judges import build_panel
     panel = build_panel(clip, identity, config.judges, config.references, clip_pretrained=config.scorer.pretrained)
     return Scorers(clip, identity, panel)
 

@@ -20,10 +20,11 @@ from typing import Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import Config
-from . import records, stats
-from .evaluate import Evaluator, TrialFailed
-from .space import SearchSpace
+from zsearch.settings.schema import Config
+from zsearch.study import records
+from zsearch.study import stats
+from zsearch.search.evaluate import Evaluator, TrialFailed
+from zsearch.study.space import SearchSpace
 
 SCREEN_ROLE = records.SCREEN_ROLE
 SCREEN_KEEP_P = 0.25  # a screening end this likely to differ from the baseline (two-sided) keeps its parameter

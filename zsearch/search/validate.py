@@ -6,11 +6,11 @@ from typing import Optional
 
 import optuna
 
-from ..config import Config
-from .best import export_best
-from .log import log_validation, logging_to
-from .session import Session
-from .trust import validate
+from zsearch.settings.schema import Config
+from zsearch.outputs.best import export_best
+from zsearch.search.log import log_validation, logging_to
+from zsearch.search.session import Session
+from zsearch.search.trust import validate
 
 
 def validate_study(config: Config) -> Optional[optuna.trial.FrozenTrial]:

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..device import pick_device
-from ..scorer import preprocess
-from .base import Batch, Judge
-from .weights import build_open_clip, load_exactly, read_state_dict, resolve_file
+from zsearch.engine.device import pick_device
+from zsearch.judges.openclip import preprocess
+from zsearch.judges.base import Batch, Judge
+from zsearch.judges.weights import build_open_clip, load_exactly, read_state_dict, resolve_file
 
 DEFAULT_MODEL = "ViT-H-14"
 DEFAULT_CHECKPOINT = "hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt"
@@ -68,7 +68,7 @@ class PreferenceJudge(Judge):
 
 def save_checkpoint(model, path: Path) -> Path:
     """Write an open_clip model in HPSv2's layout ({"state_dict": ...}, torch.save) — the tiny test model."""
-    from ...atomic import atomic_path
+    from zsearch.util.atomic import atomic_path
     with atomic_path(path) as tmp:
         torch.save({"state_dict": {k: v.contiguous() for k, v in model.state_dict().items()}}, tmp)
     return Path(path)

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from zsearch.errors import UserError
 
 
 def read_yaml(path: Path, what: str, example: str = "") -> Any:

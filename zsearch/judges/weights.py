@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import UserError
+from zsearch.errors import UserError
 
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module")

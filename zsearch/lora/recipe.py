@@ -23,10 +23,10 @@ from typing import Any, Iterable
 
 import yaml
 
-from .atomic import write_text_atomic
-from .blocks import COMPONENTS, GROUPS, N_LAYERS, OTHER, REFINERS, Module, parse_module
-from .errors import UserError
-from .yamlfile import read_yaml
+from zsearch.util.atomic import write_text_atomic
+from zsearch.lora.blocks import COMPONENTS, GROUPS, N_LAYERS, OTHER, REFINERS, Module, parse_module
+from zsearch.errors import UserError
+from zsearch.util.yamlfile import read_yaml
 
 LORA_KEYS = {"path", "ratio", "components", "layers"}
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ...atomic import atomic_path
-from .aesthetic import AestheticHead, save_head
-from .preference import save_checkpoint
-from .weights import build_open_clip
+from zsearch.util.atomic import atomic_path
+from zsearch.judges.aesthetic import AestheticHead, save_head
+from zsearch.judges.hps import save_checkpoint
+from zsearch.judges.weights import build_open_clip
 
 TINY_OPEN_CLIP = {
     "model_cfg": {

@@ -15,7 +15,7 @@ Per trial (user attributes):
 Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint,
 setup_failed (the run that set the study up failed before measuring: the fixed command may replace it).
 
-    from zsearch.search import records
+    from zsearch.study import records
     score = records.trial_score(trial)          # float or None
     jobs = records.job_scores(trial)            # list[float] or None
     gain = records.gain_over(trial, baseline)   # stats.Comparison (paired over jobs) or None
@@ -31,8 +31,7 @@ from typing import Any, Iterable, Optional
 
 from optuna.trial import FrozenTrial, TrialState
 
-from . import stats
-
+from zsearch.study import stats
 try:  # Optuna's retry of a dead worker's trial, named so since 4.9 (the old name goes in 6.0)
     from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryDeadTrial
 except ImportError:  # Optuna < 4.9

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
-from ..imagefiles import IMAGE_SUFFIXES  # one list of readable image types
-from ..errors import UserError
-from .device import pick_device
-from .pipeline import is_local
+from zsearch.util.atomic import atomic_path
+from zsearch.util.images import IMAGE_SUFFIXES  # one list of readable image types
+from zsearch.errors import UserError
+from zsearch.engine.device import pick_device
+from zsearch.engine.pipeline import is_local
 
 HOW_TO_GET = ("run `huggingface-cli download facebook/dinov2-small` or point the identity scorer's model "
               "at a local folder holding config.json, the weights and preprocessor_config.json")

@@ -27,10 +27,10 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import Config
-from ..errors import UserError
-from . import records
-from .preference import bradley_terry, round_robin
+from zsearch.settings.schema import Config
+from zsearch.errors import UserError
+from zsearch.study import records
+from zsearch.review.bradley_terry import bradley_terry, round_robin
 
 REVIEW_ATTR = "review"  # the search study's record of the review
 CANDIDATE_ATTR = "candidate"  # on a review trial: the search trial it shows
@@ -68,10 +68,10 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
 
     Kept in `folder` with what they were rendered from; only missing or outdated ones are rendered.
     """
-    from ..grid import job_grid, save_png
-    from .evaluate import make_jobs
-    from .session import load_engine, prepare
-    from .space import SearchSpace
+    from zsearch.outputs.grid import job_grid, save_png
+    from zsearch.search.evaluate import make_jobs
+    from zsearch.search.session import load_engine, prepare
+    from zsearch.study.space import SearchSpace
 
     prepare(config)  # reads the prompt files (and builds the demo's models when asked)
     seeds = config.validation.seeds_for(config.seeds)
@@ -100,7 +100,7 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
             save_png(job_grid(images, len(prompts)), paths[trial.number])
             index[str(trial.number)] = {**key, "params": trial.params}
         engine.close()
-        from ..atomic import write_text_atomic
+        from zsearch.util.atomic import write_text_atomic
         write_text_atomic(index_file, json.dumps(index, indent=1))
     return paths
 

@@ -11,9 +11,9 @@ from typing import Any, Mapping
 
 import optuna
 
-from ..blocks import COMPONENTS, GROUPS, N_LAYERS, Module
-from ..config import Config, LoraSearch
-from ..recipe import LoraWeights, Recipe
+from zsearch.lora.blocks import COMPONENTS, GROUPS, N_LAYERS, Module
+from zsearch.settings.schema import Config, LoraSearch
+from zsearch.lora.recipe import LoraWeights, Recipe
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A random CLIP groups images by their layout (the seed), which no real CLIP does. A real CLIP sees
 palette, contrast and texture, and matches a prompt to its image. The tiny model is taught the
 same in a few seconds: its image tower regresses a layout-free description of each render's look
-(`look_features`: the demo look is a texture, see zsearch.demo) and a code of the render's prompt;
+(`look_features`: the demo look is a texture, see zsearch.demo.build) and a code of the render's prompt;
 its text tower regresses the same prompt code. It stays a plain open_clip model, saved and loaded
 as any other.
 """

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..scorer import Scorer
-from .base import Batch, Judge
+from zsearch.judges.openclip import Scorer
+from zsearch.judges.base import Batch, Judge
 
 IMAGE_EMBEDDING = "clip_image"  # the batch key of the unit-length CLIP image embeddings
 

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
-from ..grid import job_grid, save_png
-from .evaluate import Evaluator
-from .session import Session
+from zsearch.settings.schema import Config
+from zsearch.outputs.grid import job_grid, save_png
+from zsearch.search.evaluate import Evaluator
+from zsearch.search.session import Session
 
 
 def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
     """Render the config's prompts and seeds with `recipe` to PNGs and a grid (`zsearch render`)."""
-    from ..engine.render import save_pngs
+    from zsearch.engine.render import save_pngs
     engine = Session(config).engine
     jobs = Evaluator(config, engine, scorers=None).jobs
     engine.set_recipe(recipe)

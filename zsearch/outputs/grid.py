@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from .atomic import atomic_path
+from zsearch.util.atomic import atomic_path
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dino import DinoScorer
-from .base import Batch, Judge
+from zsearch.judges.dino import DinoScorer
+from zsearch.judges.base import Batch, Judge
 
 
 class IdentityJudge(Judge):

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import Config, validate_config
-from .errors import UserError
-from .imagefiles import image_files
-from .yamlfile import read_yaml
+from zsearch.settings.schema import Config, validate_config
+from zsearch.errors import UserError
+from zsearch.util.images import image_files
+from zsearch.util.yamlfile import read_yaml
 
 
 def load_config(path: str | Path) -> Config:
@@ -87,7 +87,7 @@ def check_inputs(config: Config) -> None:
 def check_setup(config: Config) -> None:
     """What a run needs beyond its files, checked before any study exists: the model, the
     judges' references and names, and output folders it can write."""
-    from .engine.pipeline import check_local_folder, is_local
+    from zsearch.engine.pipeline import check_local_folder, is_local
     if is_local(config.model):
         try:
             check_local_folder(config.model)

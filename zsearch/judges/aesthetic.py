@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...errors import UserError
-from .base import Batch, Judge
-from .clip import ClipJudge
-from .weights import load_exactly, read_state_dict, resolve_file
+from zsearch.errors import UserError
+from zsearch.judges.base import Batch, Judge
+from zsearch.judges.clip import ClipJudge
+from zsearch.judges.weights import load_exactly, read_state_dict, resolve_file
 
 # TRL's copy of sac+logos+ava1-l14-linearMSE (the same MLP, the same keys)
 DEFAULT_HEAD = "hf-hub:trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
@@ -98,7 +98,7 @@ def save_head(head: AestheticHead, path: Path) -> Path:
     """Write a head's weights as safetensors (the tiny demo head, or a converted .pth)."""
     from safetensors.torch import save_file
 
-    from ...atomic import atomic_path
+    from zsearch.util.atomic import atomic_path
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
     return Path(path)

@@ -19,12 +19,12 @@ from typing import Optional
 
 import torch
 
-from .aesthetic import AestheticHead, AestheticJudge
-from .base import Batch, Judge, Panel
-from .clip import ClipJudge
-from .identity import IdentityJudge
-from .preference import PreferenceJudge
-from .style import CsdStyleJudge
+from zsearch.judges.aesthetic import AestheticHead, AestheticJudge
+from zsearch.judges.base import Batch, Judge, Panel
+from zsearch.judges.clip import ClipJudge
+from zsearch.judges.identity import IdentityJudge
+from zsearch.judges.hps import PreferenceJudge
+from zsearch.judges.style import CsdStyleJudge
 
 JUDGES: dict[str, type[Judge]] = {cls.name: cls for cls in
                                   (ClipJudge, IdentityJudge, AestheticJudge, PreferenceJudge, CsdStyleJudge)}

@@ -21,16 +21,16 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from ..config import Config
-from ..errors import UserError
-from ..fingerprint import FileHashes, same_measurement
-from ..recipe import load_recipe
-from .space import SearchSpace
-from .startup import SobolStartup
-from .trust import screening_values
-from . import records
-from .records import WORKER, RetryDeadTrial
-from .workers import WORKER_ID, is_dead
+from zsearch.settings.schema import Config
+from zsearch.errors import UserError
+from zsearch.study.fingerprint import FileHashes, same_measurement
+from zsearch.lora.recipe import load_recipe
+from zsearch.study.space import SearchSpace
+from zsearch.study.samplers import SobolStartup
+from zsearch.search.trust import screening_values
+from zsearch.study import records
+from zsearch.study.records import WORKER, RetryDeadTrial
+from zsearch.study.workers import WORKER_ID, is_dead
 
 log = logging.getLogger("zsearch")
 

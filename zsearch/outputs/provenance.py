@@ -12,8 +12,8 @@ import json
 import math
 from typing import Any
 
-from . import __version__
-from .recipe import Recipe, recipe_to_dict
+from zsearch import __version__
+from zsearch.lora.recipe import Recipe, recipe_to_dict
 
 
 def provenance_metadata(config, recipe: Recipe, scores: dict[str, Any]) -> dict[str, str]:
@@ -41,7 +41,7 @@ def provenance_metadata(config, recipe: Recipe, scores: dict[str, Any]) -> dict[
     return {
         "zsearch.version": __version__,
         "zsearch.study": config.name,
-        "zsearch.recipe": _json(recipe_to_dict(recipe, relative_to=config.out_dir)),
+        "zsearch.lora.recipe": _json(recipe_to_dict(recipe, relative_to=config.out_dir)),
         "zsearch.scores": _json(scores),
         "zsearch.prompts": _json(prompts),
         "zsearch.seeds": _json(seeds),

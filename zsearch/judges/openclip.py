@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_path
-from ..imagefiles import IMAGE_SUFFIXES  # one list of readable image types
-from ..errors import UserError
-from .device import pick_device
+from zsearch.util.atomic import atomic_path
+from zsearch.util.images import IMAGE_SUFFIXES  # one list of readable image types
+from zsearch.errors import UserError
+from zsearch.engine.device import pick_device
 
 STYLES = ("centroid", "pairwise")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")

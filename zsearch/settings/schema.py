@@ -1,6 +1,6 @@
 """The search config's schema, validated strictly: every mistake names its key and the fix.
 
-Reading a config file, resolving its paths and checking its inputs live in `zsearch.inputs`.
+Reading a config file, resolving its paths and checking its inputs live in `zsearch.settings.load`.
 The default output folder is `results/<name>` under the folder zsearch is run from.
 """
 
@@ -14,9 +14,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .blocks import GROUPS, N_LAYERS
-from .errors import UserError
-from .fingerprint import fingerprint
+from zsearch.lora.blocks import GROUPS, N_LAYERS
+from zsearch.errors import UserError
+from zsearch.study.fingerprint import fingerprint
 
 
 class _Strict(BaseModel):
@@ -119,7 +119,7 @@ JUDGE_WEIGHTS = {"aesthetic": 0.05, "hps": 1.0}
 
 
 class JudgeEntry(_Strict):
-    """An extra judge (`judges:`): aesthetic, hps or csd (see zsearch/engine/judges)."""
+    """An extra judge (`judges:`): aesthetic, hps or csd (see zsearch/judges)."""
 
     name: Literal["aesthetic", "hps", "csd"]
     weight: Optional[float] = None  # default: JUDGE_WEIGHTS; csd: objective.style
@@ -255,7 +255,7 @@ class Config(_Strict):
         return [i for i, lora in enumerate(self.loras) if lora.search is not None]
 
     def fingerprint(self, hashes=None) -> dict[str, Any]:
-        """What a trial's score measured, by content (see zsearch.fingerprint)."""
+        """What a trial's score measured, by content (see zsearch.study.fingerprint)."""
         return fingerprint(self, hashes)
 
     def fingerprint_hash(self) -> str:

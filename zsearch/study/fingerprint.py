@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .imagefiles import image_files
+from zsearch.util.images import image_files
 
 if TYPE_CHECKING:
-    from .config import Config
+    from zsearch.settings.schema import Config
 
 CHUNK = 1 << 22
 
@@ -52,7 +52,7 @@ class FileHashes:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        from .atomic import write_text_atomic
+        from zsearch.util.atomic import write_text_atomic
         try:
             write_text_atomic(self.path, json.dumps(self.known))
         except OSError:

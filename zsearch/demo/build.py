@@ -14,7 +14,7 @@ The demo is a miniature of real use:
   (`DemoAssets.hidden_recipe`) with seeds of their own, never the search's training, validation
   or noise seeds (on the search's subjects: in this tiny model the look's strength still depends a
   little on the subject, so references of other subjects would move the peak);
-- the judge sees the look and the prompt, not the seed's layout (`zsearch.demo_judge`).
+- the judge sees the look and the prompt, not the seed's layout (`zsearch.demo.judge`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .blocks import COMPONENTS, all_modules, expected_shape
-from .recipe import LoraWeights, Recipe
+from zsearch.lora.blocks import COMPONENTS, all_modules, expected_shape
+from zsearch.lora.recipe import LoraWeights, Recipe
 
 BUILD_VERSION = "6"  # bump when the demo assets change, so old builds are rebuilt
 
@@ -122,7 +122,7 @@ def build_demo(root: Path) -> DemoAssets:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     assets = _assets(root)
-    from .engine.judges.tiny import build_demo_judge  # the demo config's extra judge (kept when present)
+    from zsearch.judges.tiny import build_demo_judge  # the demo config's extra judge (kept when present)
     build_demo_judge(root / "aesthetic-head.safetensors", CLIP_CONFIG["model_cfg"]["embed_dim"])
     with _lock(root / ".lock"), _one_thread():
         stamp = root / ".complete"
@@ -339,7 +339,7 @@ def _load_pipeline(model_dir: Path):
 def render_batch(pipe, prompts: list[str], seeds: list[int], height: int = SIZE, width: int = SIZE,
                  steps: int = STEPS) -> torch.Tensor:
     """Images (N, 3, H, W) in [0, 1] of (prompt, seed) pairs, noise drawn as the engine draws it."""
-    from .engine.render import initial_latents
+    from zsearch.engine.render import initial_latents
 
     distinct = list(dict.fromkeys(prompts))
     with torch.no_grad():
@@ -486,8 +486,8 @@ def _build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
     import open_clip
     from safetensors.torch import save_file
 
-    from .demo_judge import train_judge
-    from .engine.scorer import preprocess
+    from zsearch.demo.judge import train_judge
+    from zsearch.judges.openclip import preprocess
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "open_clip_config.json").write_text(json.dumps(CLIP_CONFIG, indent=2))
@@ -605,7 +605,7 @@ def _build_once(target: Path, build) -> None:
 
 
 def _write_atomic_file(target: Path, write) -> None:
-    from .atomic import atomic_path
+    from zsearch.util.atomic import atomic_path
 
     with atomic_path(target) as tmp:
         write(tmp)
@@ -619,7 +619,7 @@ def _make_readable(path: Path) -> None:
         item.chmod(0o755 if item.is_dir() else 0o644)
 
 
-def main() -> None:  # python -m zsearch.demo [DIR]
+def main() -> None:  # python -m zsearch.demo.build [DIR]
     import sys
 
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-assets")

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...errors import UserError
-from ..device import pick_device
-from ..scorer import preprocess, read_image, reference_files
-from .base import Batch, Judge
-from .weights import build_open_clip, load_exactly, read_state_dict, resolve_file
+from zsearch.errors import UserError
+from zsearch.engine.device import pick_device
+from zsearch.judges.openclip import preprocess, read_image, reference_files
+from zsearch.judges.base import Batch, Judge
+from zsearch.judges.weights import build_open_clip, load_exactly, read_state_dict, resolve_file
 
 DEFAULT_MODEL = "ViT-L-14-quickgelu"  # OpenAI's ViT-L/14 (QuickGELU), the backbone CSD was tuned from
 HOW_TO_GET = "download CSD's checkpoint (github.com/learn2phoenix/CSD, 'checkpoint.pth') and set `checkpoint:`"

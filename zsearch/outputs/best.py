@@ -19,18 +19,18 @@ from filelock import FileLock
 from PIL import Image
 from optuna.trial import FrozenTrial, TrialState
 
-from .. import __version__
-from ..config import Config
-from ..grid import save_png, stack_labelled
-from ..lora.merge import merge_recipe
-from ..lora.write import merge_metadata, save_lora
-from ..provenance import provenance_metadata
-from ..recipe import Recipe, save_recipe
-from . import records
-from .records import trial_score
-from .review import reviewed_best
-from .space import SearchSpace
-from .trust import validated_best
+from zsearch import __version__
+from zsearch.settings.schema import Config
+from zsearch.outputs.grid import save_png, stack_labelled
+from zsearch.lora.merge import merge_recipe
+from zsearch.lora.write import merge_metadata, save_lora
+from zsearch.outputs.provenance import provenance_metadata
+from zsearch.lora.recipe import Recipe, save_recipe
+from zsearch.study import records
+from zsearch.study.records import trial_score
+from zsearch.review.session import reviewed_best
+from zsearch.study.space import SearchSpace
+from zsearch.search.trust import validated_best
 
 GRID_ATTR = records.GRID  # every trial: a thumbnail grid (JPEG)
 FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, the top trials: full size (PNG)
