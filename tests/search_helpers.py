@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -102,3 +103,13 @@ def known_optimum_config(tmp_path: Path, assets, **overrides):
     (refs / "placeholder.png").unlink()
     (refs / "grid.png").unlink()
     return config, w_star
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
+    """Poll `condition()` until true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

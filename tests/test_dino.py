@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from zsearch.judges.dino import DinoScorer, Preprocess, build_tiny_dino, load_image, preprocess
+from tiny_judges import build_tiny_dino
+from zsearch.judges.dino import DinoScorer, Preprocess, preprocess
+from zsearch.judges.images import read_image as load_image
 from zsearch.errors import UserError
 
 
@@ -191,7 +193,7 @@ def test_errors_are_one_line_and_name_the_thing(dino_dir, refs, tmp_path, monkey
 
     (refs / "broken.png").write_bytes(b"\x89PNG not really")
     message = _error(model=str(dino_dir), references=refs)
-    assert "broken.png" in message and "cannot read" in message
+    assert "broken.png" in message and "cannot be read" in message
 
 
 def test_build_tiny_dino_is_reused(dino_dir):

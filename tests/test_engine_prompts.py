@@ -33,13 +33,30 @@ def damage_keeping_size_and_mtime(path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_embeddings_equal_the_pipelines_own_and_the_cache_skips_the_text_encoder(model_copy, tmp_path):
+class Loads:
+    """Counts the text encoder's loads: the cache is meant to keep them at 0."""
+    n = 0
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    counter = Loads()
+    real = prompt_cache._encode_with_text_encoder
+
+    def counted(*args, **kwargs):
+        counter.n += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(prompt_cache, "_encode_with_text_encoder", counted)
+    return counter
+
+
+def test_embeddings_equal_the_pipelines_own_and_the_cache_skips_the_text_encoder(model_copy, tmp_path, loads):
     from diffusers import ZImagePipeline
 
     prompts = ["a red fox", "a lighthouse at dusk", "a red fox"]
-    loads = prompt_cache.text_encoder_loads
+    before = loads.n
     first = encode_prompts(str(model_copy), prompts, tmp_path / "cache", CPU, torch.float32)
-    assert prompt_cache.text_encoder_loads == loads + 1
+    assert loads.n == before + 1
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # one entry per distinct prompt
 
     pipe = ZImagePipeline.from_pretrained(model_copy)
@@ -54,7 +71,7 @@ def test_embeddings_equal_the_pipelines_own_and_the_cache_skips_the_text_encoder
     # a second run must not need them at all.
     damage_keeping_size_and_mtime(model_copy / "text_encoder" / "model.safetensors")
     second = encode_prompts(str(model_copy), prompts[:2], tmp_path / "cache", CPU, torch.float32)
-    assert prompt_cache.text_encoder_loads == loads + 1
+    assert loads.n == before + 1
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
     # ...whereas a new prompt does need them, and says clearly that the model cannot be loaded.
@@ -63,17 +80,17 @@ def test_embeddings_equal_the_pipelines_own_and_the_cache_skips_the_text_encoder
     assert "\n" not in str(info.value)
 
 
-def test_the_cache_is_keyed_by_model_and_dtype(model_copy, tmp_path):
+def test_the_cache_is_keyed_by_model_and_dtype(model_copy, tmp_path, loads):
     encode_prompts(str(model_copy), ["a cat"], tmp_path, CPU, torch.float32)
-    loads = prompt_cache.text_encoder_loads
+    before = loads.n
     encode_prompts(str(model_copy), ["a cat"], tmp_path, CPU, torch.bfloat16)  # other dtype: new entry
-    assert prompt_cache.text_encoder_loads == loads + 1
+    assert loads.n == before + 1
     config = model_copy / "text_encoder" / "config.json"
     data = json.loads(config.read_text())
     data["rms_norm_eps"] = 1e-5  # a different text encoder
     config.write_text(json.dumps(data))
     encode_prompts(str(model_copy), ["a cat"], tmp_path, CPU, torch.float32)
-    assert prompt_cache.text_encoder_loads == loads + 2
+    assert loads.n == before + 2
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
@@ -104,12 +121,12 @@ def test_a_hub_model_missing_offline_is_one_line_saying_how_to_get_it(capfd, mon
     message = str(info.value)
     assert "\n" not in message
     assert "HF_HUB_OFFLINE" in message
-    assert "huggingface-cli download Tongyi-MAI/Z-Image-Turbo" in message and "model:" in message
+    assert "hf download Tongyi-MAI/Z-Image-Turbo" in message and "model:" in message
     assert capfd.readouterr().err == ""  # no multi-line "Couldn't connect to the Hub" log before it
 
 
 @pytest.mark.parametrize("make, expected", [
-    (lambda tmp: tmp / "nowhere", r"model folder '.*nowhere' not found; run `huggingface-cli download"),
+    (lambda tmp: tmp / "nowhere", r"model folder '.*nowhere' not found; run `hf download"),
     (lambda tmp: tmp, r"is not a diffusers pipeline folder \(no model_index.json\)"),
 ])
 def test_bad_local_model_folders(tmp_path, make, expected):

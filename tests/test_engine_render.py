@@ -9,7 +9,7 @@ from PIL import Image
 
 from zsearch.engine import Engine, Job, save_pngs
 from zsearch.engine.render import Renderer
-from zsearch.judges.openclip import read_image, reference_files
+from zsearch.judges.images import read_image, reference_files
 from zsearch.errors import UserError
 from zsearch.lora.read import load_loras
 from zsearch.lora.recipe import LoraWeights, Recipe

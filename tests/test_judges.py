@@ -13,9 +13,10 @@ from search_helpers import DEMO_CLIP_WIDTH
 from zsearch.settings.schema import JudgeEntry as JudgeSpec
 from zsearch.judges import (AestheticHead, AestheticJudge, Batch, ClipJudge, CsdStyleJudge, Panel,
                                    PreferenceJudge, build_panel)
-from zsearch.judges.tiny import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
+from tiny_judges import build_tiny_aesthetic, build_tiny_csd, build_tiny_hps
 from zsearch.judges.weights import read_state_dict
-from zsearch.judges.openclip import Scorer, preprocess, read_image
+from zsearch.judges.images import read_image
+from zsearch.judges.openclip import Scorer, preprocess
 from zsearch.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -191,7 +192,7 @@ def test_missing_and_offline_hub_files_are_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="'nope.pth' not found"):
         AestheticHead.load("nope.pth")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set.*huggingface-cli download"):
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set.*hf download"):
         AestheticHead.load("hf-hub:someone/not-cached-here/head.pth")
     with pytest.raises(UserError, match="hf-hub:owner/repo/file"):
         AestheticHead.load("hf-hub:justarepo")

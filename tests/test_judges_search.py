@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from search_helpers import DEMO_CLIP_WIDTH, demo_config
 from zsearch.judges import AestheticHead
-from zsearch.judges.tiny import build_tiny_aesthetic
+from tiny_judges import build_tiny_aesthetic
 from zsearch.judges.openclip import preprocess
 from zsearch.settings.load import load_config
 
@@ -54,7 +54,7 @@ def pareto_study(demo_assets, head, tmp_path_factory):
                        identity={"references": str(demo_assets.references), "model": str(tmp / "dino"), "weight": 0.5},
                        judges=[{"name": "aesthetic", "checkpoint": str(head)}],
                        objective={"pareto": True, "terms": ["identity", "aesthetic", "style"]})
-    from zsearch.judges.dino import build_tiny_dino
+    from tiny_judges import build_tiny_dino
     build_tiny_dino(tmp / "dino")
     config = load_config(path)
     run(config, show_progress=False)

@@ -18,7 +18,7 @@ from zsearch.study import records
 from zsearch.study import stats
 from zsearch.outputs.best import best_scores, pick_best
 from zsearch.search.evaluate import Evaluation, Evaluator
-from zsearch.search.progress import gain_line
+from zsearch.outputs.summary import gain_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIST = {"x": FloatDistribution(0.0, 2.0)}

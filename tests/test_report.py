@@ -16,7 +16,8 @@ from PIL import Image
 from search_helpers import demo_config, zsearch
 from zsearch.cli import main
 from zsearch.settings.load import parse_config
-from zsearch.report import open_existing_study, write_report
+from zsearch.report import write_report
+from zsearch.study.storage import open_existing_study
 from zsearch.report.facts import duration, gather
 from zsearch.report.sections import HEADINGS
 

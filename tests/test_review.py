@@ -15,11 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from search_helpers import demo_config, start, zsearch
+from search_helpers import demo_config, start, wait_until, zsearch
 from zsearch.settings.load import load_config
 from zsearch.review.bradley_terry import bradley_terry
-from zsearch.review.session import (REVIEW_ATTR, ReviewServer, open_review, pick_candidates, render_candidates,
-                                   wait_until)
+from zsearch.review.candidates import pick_candidates, render_candidates
+from zsearch.review.server import ReviewServer
+from zsearch.review.study import open_review
+from zsearch.study.records import REVIEW as REVIEW_ATTR
 from zsearch.study.storage import artifact_store, make_storage
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -145,6 +147,12 @@ def test_review_through_the_dashboard_api_then_best_follows_the_person(searched)
     with safe_open(str(config.out_dir / "best.safetensors"), "pt") as f:
         provenance = json.loads(f.metadata()["zsearch.chosen_by"])
     assert provenance["by"] == "person" and provenance["candidates"] == numbers
+    # The report follows the same rule: it names the person's choice, as best.yaml does.
+    report = zsearch("report", searched)
+    assert report.returncode == 0, report.stderr
+    page = (config.out_dir / "report" / "index.md").read_text()
+    assert f"hold trial {favourite}." in page and f"You chose trial {favourite} in `zsearch review`" in page
+    assert "this report's pick is" not in page
 
     # reopening for the same candidates resumes that review; other candidates start a new one
     again = open_review(config, _study(config), candidates, renders, store)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zsearch.judges.openclip import Scorer, preprocess, read_image, reference_files
+from zsearch.judges.images import read_image, reference_files
+from zsearch.judges.openclip import Scorer, preprocess
 from zsearch.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -131,19 +132,19 @@ def test_reference_embeddings_are_cached_on_disk(demo_assets, refs, tmp_path):
 # -- errors ----------------------------------------------------------------------------------------
 
 def test_missing_reference_folder(demo_assets, tmp_path):
-    with pytest.raises(UserError, match=r"reference folder '.*nope' not found; point `references:` at"):
+    with pytest.raises(UserError, match=r"references: .*nope is not a folder of images \(not found\); point `references:` at one"):
         Scorer.load(demo_assets.clip_model, None, tmp_path / "nope")
 
 
 def test_empty_reference_folder(demo_assets, tmp_path):
     (tmp_path / "readme.md").write_text("no images here")
-    with pytest.raises(UserError, match=r"has no images \(.png, .jpg, .jpeg, .webp\); add some reference images"):
+    with pytest.raises(UserError, match=r"references: no .png/.jpg/.webp images in .*; add some reference images"):
         Scorer.load(demo_assets.clip_model, None, tmp_path)
 
 
 def test_references_given_as_a_file(demo_assets, tmp_path):
     (tmp_path / "x.png").write_bytes(b"")
-    with pytest.raises(UserError, match="is a file; point `references:` at a folder"):
+    with pytest.raises(UserError, match=r"x.png is not a folder of images \(is a file\); point `references:` at one"):
         Scorer.load(demo_assets.clip_model, None, tmp_path / "x.png")
 
 

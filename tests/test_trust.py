@@ -16,7 +16,8 @@ from zsearch.search import run as run_module
 from zsearch.search import session as session_module
 from zsearch.search.evaluate import Evaluator
 from zsearch.study.space import SearchSpace
-from zsearch.search.trust import analyse_screening, screening_values
+from zsearch.search.trust import analyse_screening
+from zsearch.study.space import screening_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process renders of tiny models
@@ -136,7 +137,7 @@ def test_frozen_parameters_stay_at_baseline_in_later_trials(tmp_path, demo_asset
 
 def test_identity_set_scored_by_dinov2_beside_clip(tmp_path, demo_assets):
     """A subject set judged by a (tiny, random) DINOv2 joins the objective with its weight."""
-    from zsearch.judges.dino import build_tiny_dino
+    from tiny_judges import build_tiny_dino
     dino = build_tiny_dino(tmp_path / "dino")
     config = config_for(tmp_path, demo_assets, search={"trials": 2},
                         identity={"references": str(demo_assets.references), "model": str(dino), "weight": 0.5})

@@ -6,7 +6,6 @@ path as `zsearch merge --recipe recipe.yaml`; the recipe used is written into th
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 WEIGHT_FLAGS = (*COMPONENTS, *GROUPS)  # --adaLN --to_q ... --w3, and the groups --attn --qk --ffn
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub) -> None:
     p = sub.add_parser("inspect", help="show format, ranks, alpha, coverage and delta norms of LoRA files")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print JSON for machines")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from zsearch.settings.load import load_config
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub) -> None:
     p = sub.add_parser("report", help="write results/<name>/report/: summary, plots, validation, best grid")
     p.add_argument("config", type=Path)
     p.set_defaults(func=cmd_report)

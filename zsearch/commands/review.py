@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from zsearch.settings.load import check_inputs, load_config
+from zsearch.commands.configs import load_for_rendering
+from zsearch.settings.load import check_inputs
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub) -> None:
     p = sub.add_parser("review", help="the morning review: pick between the top candidates' renders "
                                       "in optuna-dashboard (127.0.0.1); `zsearch best` follows your choice")
     p.add_argument("config", type=Path)
@@ -20,12 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_review(args) -> int:
     from zsearch.outputs.best import export_best
-    from zsearch.review.session import ReviewServer, open_review, pick_candidates, render_candidates
+    from zsearch.review.candidates import pick_candidates, render_candidates
+    from zsearch.review.server import ReviewServer
+    from zsearch.review.study import open_review
     from zsearch.study.storage import artifact_store, check_fingerprint, make_storage
-    from zsearch.commands.search_tools import _existing_study, _summary
+    from zsearch.outputs.summary import best_summary
+    from zsearch.study.storage import open_existing_study
 
-    config = load_config(args.config)
-    study = _existing_study(config)
+    config = load_for_rendering(args.config)
+    study = open_existing_study(config)
     check_inputs(config)
     check_fingerprint(config, study)  # the trials' params must map to this config's LoRAs
     candidates = pick_candidates(study, args.top_k)
@@ -48,7 +51,7 @@ def cmd_review(args) -> int:
     record = server.stop()
     print(_ranking(record), flush=True)
     if record["chosen"] is not None:
-        print(_summary(config, export_best(config, study, store)), flush=True)
+        print(best_summary(config, export_best(config, study, store)), flush=True)
     return 0
 
 

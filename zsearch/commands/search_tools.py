@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from zsearch.settings.load import check_inputs, check_writable_folder, load_config
+from zsearch.commands.configs import load_for_rendering
 from zsearch.errors import UserError
+from zsearch.outputs.summary import best_summary
+from zsearch.study.storage import open_existing_study
 
 
 def port_number(text: str) -> int:
@@ -29,7 +32,7 @@ def check_port_free(host: str, port: int) -> None:
             raise UserError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub) -> None:
     p = sub.add_parser("run", help="run (or resume) the weight search of a config")
     p.add_argument("config", type=Path)
     p.add_argument("--trials", type=int, help="override search.trials (total for the study)")
@@ -57,67 +60,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_render)
 
 
-def _summary(config, trial) -> str:
-    if trial is None:
-        return f"study '{config.name}': no completed trial yet"
-    import yaml
-    info = yaml.safe_load((config.out_dir / "best.yaml").read_text()).get("info") or {}
-    scores = info.get("scores", {})
-    parts = [f"score {scores.get('train', float('nan')):.5f}"]
-    if scores.get("baseline") is not None:
-        parts.append(f"baseline {scores['baseline']:.5f}")
-    if scores.get("validation") is not None:
-        parts.append(f"held-out {scores['validation']:.5f} (baseline {scores.get('baseline_validation', float('nan')):.5f})")
-    if (info.get("chosen_by") or {}).get("by") == "person":
-        parts.append(f"chosen by you in the review ({info['chosen_by']['choices']} choices)")
-    out = config.out_dir
-    from zsearch.search.progress import gain_line
-    verdict = gain_line(scores)
-    return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n" + (f"  {verdict}\n" if verdict else "") +
-            f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}")
-
-
 def cmd_run(args) -> int:
     from zsearch.search.run import run
-    config = load_config(args.config)
+    config = load_for_rendering(args.config)
     if args.trials is not None and args.trials < 1:
         raise UserError("--trials must be at least 1")
     trial = run(config, trials=args.trials, show_progress=not args.no_progress)
-    print(_summary(config, trial))
+    print(best_summary(config, trial))
     return 0
-
-
-def _existing_study(config):
-    """The config's study; UserError when there is none yet (nothing is created)."""
-    import optuna
-    from zsearch.study.storage import make_storage
-    if config.storage is None and not (config.out_dir / "study.db").exists():
-        raise UserError(f"no study '{config.name}' yet (no {config.out_dir / 'study.db'}); "
-                        f"run `zsearch run {config.source}` first")
-    try:
-        study = optuna.load_study(study_name=config.name, storage=make_storage(config))
-    except KeyError:
-        raise UserError(f"no study '{config.name}' in {config.storage_url}; run `zsearch run {config.source}` first") from None
-    return study
 
 
 def cmd_best(args) -> int:
     from zsearch.outputs.best import export_best
     from zsearch.study.storage import artifact_store, check_fingerprint
     config = load_config(args.config)
-    study = _existing_study(config)
+    study = open_existing_study(config)
     check_inputs(config)
     check_writable_folder(config.out_dir, f"{config.source}: output")
     check_fingerprint(config, study)  # a changed config would map the trials' params wrongly
-    print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
+    print(best_summary(config, export_best(config, study, artifact_store(config), force=True)))
     return 0
 
 
 def cmd_validate(args) -> int:
     from zsearch.search.validate import validate_study
-    config = load_config(args.config)
-    _existing_study(config)
-    print(_summary(config, validate_study(config)))
+    config = load_for_rendering(args.config)
+    open_existing_study(config)
+    print(best_summary(config, validate_study(config)))
     return 0
 
 
@@ -125,7 +94,7 @@ def cmd_dashboard(args) -> int:
     import optuna_dashboard
     from zsearch.study.storage import artifact_store, make_storage
     config = load_config(args.config)
-    _existing_study(config)
+    open_existing_study(config)
     check_port_free("127.0.0.1", args.port)
     url = f"http://127.0.0.1:{args.port}/dashboard"
     print(f"optuna-dashboard for study '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
@@ -141,7 +110,7 @@ def cmd_render(args) -> int:
     from zsearch.lora.recipe import load_recipe
     from zsearch.search.render_recipe import render_recipe
     from zsearch.study.space import SearchSpace
-    config = load_config(args.config)
+    config = load_for_rendering(args.config)
     recipe = load_recipe(args.recipe) if args.recipe else SearchSpace(config).recipe({})
     if len(recipe.loras) != len(config.loras):
         raise UserError(f"{args.recipe}: the recipe has {len(recipe.loras)} LoRAs, the config {len(config.loras)}")

@@ -122,7 +122,7 @@ def build_demo(root: Path) -> DemoAssets:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     assets = _assets(root)
-    from zsearch.judges.tiny import build_demo_judge  # the demo config's extra judge (kept when present)
+    from zsearch.demo.aesthetic import build_demo_judge  # the demo config's extra judge (kept when present)
     build_demo_judge(root / "aesthetic-head.safetensors", CLIP_CONFIG["model_cfg"]["embed_dim"])
     with _lock(root / ".lock"), _one_thread():
         stamp = root / ".complete"

@@ -6,6 +6,8 @@ The only part of zsearch that knows diffusers and open_clip. Typical use:
     engine.set_recipe(recipe)
     images = engine.render(jobs, steps=8, width=1024, height=1024, batch=4)
     scores = scorer.score(images, [job.prompt for job in jobs])
+
+Must not import judges/, settings/, study/ or optuna: it renders what it is given.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ new input shape does (a prompt of another length), once, during the first trial.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from zsearch.errors import UserError
@@ -70,17 +72,27 @@ def decide_compile(setting: str | bool, device_type: str, planned_images: int, s
     return True, f"compiled ({planned_images} planned images save ~{saved / 60:.0f} min for a ~1 min warm-up)"
 
 
+def _repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    from diffusers.models.transformers.transformer_z_image import ZImageTransformerBlock
+    return [m for m in transformer.modules() if isinstance(m, ZImageTransformerBlock)]
+
+
+_COMPILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # blocks compile_blocks compiled
+
+
 def compile_blocks(transformer: torch.nn.Module, **options) -> None:
     """Compile every repeated block of `transformer` in place (lazily: the first forward compiles).
 
     `options` go to torch.compile (a test passes a cheaper backend). No fullgraph: a graph break
-    in a future diffusers block should cost speed, not the night.
+    in a future diffusers block should cost speed, not the night. Each block is compiled with
+    `nn.Module.compile`, as diffusers' `compile_repeated_blocks` does for this model.
     """
-    transformer.compile_repeated_blocks(**options)
+    for block in _repeated_blocks(transformer):
+        block.compile(**options)
+        _COMPILED.add(block)
 
 
 def is_compiled(transformer: torch.nn.Module) -> bool:
-    """Whether the repeated blocks carry a compiled forward."""
-    names = set(getattr(transformer, "_repeated_blocks", ()))
-    blocks = [m for m in transformer.modules() if m.__class__.__name__ in names]
-    return bool(blocks) and all(getattr(m, "_compiled_call_impl", None) is not None for m in blocks)
+    """Whether every repeated block was compiled by compile_blocks."""
+    blocks = _repeated_blocks(transformer)
+    return bool(blocks) and all(b in _COMPILED for b in blocks)

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
+from zsearch.engine.hub import as_user_error, how_to_get, is_local, quiet_hub
 from zsearch.errors import UserError
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 PIPELINE_CLASS = "ZImagePipeline"
-HOW_TO_GET = (f"run `huggingface-cli download {DEFAULT_MODEL}` or point `model:` at a local diffusers "
-              f"folder (the one holding model_index.json)")
-
-
-def is_local(model: str) -> bool:
-    """A local folder, or something the user meant as one (a path, not an `org/name` hub id)."""
-    if Path(model).expanduser().exists():
-        return True
-    return model.startswith((".", "/", "~")) or model.count("/") != 1 or "\\" in model
+HOW_TO_GET = how_to_get(DEFAULT_MODEL, "`model:`") + " (a diffusers folder, the one holding model_index.json)"
 
 
 def check_local_folder(model: str) -> Path:
@@ -58,46 +48,9 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, with_tex
     kwargs = {"dtype": dtype}
     if not with_text_encoder:
         kwargs.update(text_encoder=None, tokenizer=None)
-    with _quiet_hub(), _as_user_error(model):
+    with quiet_hub(), as_user_error(model, "model", HOW_TO_GET):
         pipe = ZImagePipeline.from_pretrained(source, **kwargs)
     if place:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@contextmanager
-def _as_user_error(model: str):
-    """Turn diffusers' / the hub's "cannot find it" exceptions into one line that says what to do."""
-    try:
-        yield
-    except (OSError, ValueError, SafetensorError) as exc:
-        if is_local(model):
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-            raise UserError(f"model folder '{model}' cannot be loaded ({first}); re-download it or fix the folder") \
-                from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        where = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline \
-            else "it is neither in the local Hugging Face cache nor downloadable"
-        raise UserError(f"model '{model}' is not a local folder, and as a hub id {where}; {HOW_TO_GET}") from None
-
-
-@contextmanager
-def _quiet_hub():
-    """Loading logs "Couldn't connect to the Hub..." over several lines before failing, and draws
-    progress bars for a few seconds' work: hush both, so a failure reads as one line."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(before[0])
-        transformers_logging.set_verbosity(before[1])
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()

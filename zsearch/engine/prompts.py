@@ -17,11 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from zsearch.util.atomic import atomic_path
 from zsearch.engine.device import release_memory
-from zsearch.engine.pipeline import _as_user_error, _quiet_hub, check_local_folder, is_local
+from zsearch.util.hashing import folder_identity
+from zsearch.engine.hub import as_user_error, is_local, quiet_hub
+from zsearch.engine.pipeline import HOW_TO_GET, check_local_folder
 
 MAX_SEQUENCE_LENGTH = 512  # ZImagePipeline's default
 ENCODE_BATCH = 8
-text_encoder_loads = 0  # how many times the text encoder was loaded (the cache is meant to keep this at 0)
 
 
 def encode_prompts(model: str, prompts: list[str], cache_dir: Path, device: torch.device,
@@ -56,15 +57,9 @@ def model_identity(model: str) -> str:
     """
     if is_local(model):
         folder = check_local_folder(model)
-        parts = []
-        for sub in ("text_encoder", "tokenizer"):
-            for file in sorted((folder / sub).glob("*")):
-                if file.suffix == ".json" or file.name == "merges.txt":
-                    parts.append(f"{sub}/{file.name}:{hashlib.sha256(file.read_bytes()).hexdigest()}")
-                elif file.is_file():
-                    stat = file.stat()
-                    parts.append(f"{sub}/{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
-        return "local:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        files = [(f"{sub}/{file.name}", file) for sub in ("text_encoder", "tokenizer")
+                 for file in sorted((folder / sub).glob("*")) if file.is_file()]
+        return folder_identity(files, by_content=lambda f: f.suffix == ".json" or f.name == "merges.txt")
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "model_index.json")
@@ -87,15 +82,13 @@ def _read_cached(path: Path) -> torch.Tensor | None:
 
 def _encode_with_text_encoder(model: str, prompts: list[str], device, dtype) -> list[torch.Tensor]:
     """Load tokenizer + text encoder alone, run the pipeline's own encode_prompt, free them."""
-    global text_encoder_loads
     from diffusers import ZImagePipeline
     from transformers import AutoModel, AutoTokenizer
 
     source = str(check_local_folder(model)) if is_local(model) else model
-    with _quiet_hub(), _as_user_error(model):
+    with quiet_hub(), as_user_error(model, "model", HOW_TO_GET):
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
         text_encoder = AutoModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
-    text_encoder_loads += 1
     text_encoder.to(device).eval()
     # The pipeline's encode_prompt needs only these two components: calling it (rather than a copy
     # of it) keeps the chat template and hidden_states[-2] exactly as diffusers renders them.

@@ -9,6 +9,8 @@ three of them side by side).
 | aesthetic | aesthetic       | LAION aesthetic v2 head on the CLIP judge's embedding   |
 | hps       | preference      | HPSv2 (open_clip ViT-H-14 tuned on human choices)       |
 | csd       | style           | CSD style descriptor, in place of CLIP's style term     |
+
+Must not import settings/, study/ or optuna: a judge scores what it is given.
 """
 
 from __future__ import annotations

@@ -32,14 +32,10 @@ class ClipJudge(Judge):
         features = self.image_embeddings(batch)
         out = {}
         if "style" in self.terms:
-            scorer = self.scorer
-            if scorer.style == "centroid":
-                out["style"] = features @ scorer.centroid
-            else:
-                out["style"] = (features @ scorer.reference_embeddings.T).mean(dim=1)
+            out["style"] = self.scorer.style_of(features)
         if "prompt" in self.terms:
-            out["prompt"] = (features * self.scorer.embed_texts(batch.prompts)).sum(dim=1)
-        return {k: v.float().clamp(-1, 1) for k, v in out.items()}
+            out["prompt"] = self.scorer.prompt_of(features, batch.prompts)
+        return out
 
     def describe(self) -> dict:
         return {**super().describe(), "style_mode": self.scorer.style}

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,13 +25,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zsearch.util.atomic import atomic_path
-from zsearch.util.images import IMAGE_SUFFIXES  # one list of readable image types
+from zsearch.util.hashing import folder_identity, sha256_of
+from zsearch.judges.images import read_image, reference_files
 from zsearch.errors import UserError
 from zsearch.engine.device import pick_device
-from zsearch.engine.pipeline import is_local
+from zsearch.engine.hub import as_user_error, how_to_get, is_local, quiet_hub
 
-HOW_TO_GET = ("run `huggingface-cli download facebook/dinov2-small` or point the identity scorer's model "
-              "at a local folder holding config.json, the weights and preprocessor_config.json")
+HOW_TO_GET = how_to_get("facebook/dinov2-small", "the identity scorer's model") + \
+    " holding config.json, the weights and preprocessor_config.json"
 ENCODE_BATCH = 16
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -138,7 +136,7 @@ class DinoScorer:
         cached = _read_cache(Path(cache_dir) / f"dino-{key}.safetensors", len(files)) if cache_dir else None
         encoded = 0
         if cached is None:
-            cached = _encode(net, steps, [load_image(f) for f in files], device).cpu()
+            cached = _encode(net, steps, [read_image(f) for f in files], device).cpu()
             encoded = len(files)
             if cache_dir is not None:
                 with atomic_path(Path(cache_dir) / f"dino-{key}.safetensors") as tmp:
@@ -171,39 +169,8 @@ def _encode(net, steps: Preprocess, images: list[torch.Tensor], device: torch.de
 
 # ---------------------------------------------------------------- references
 
-def reference_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise UserError(f"references: {folder} is not a folder; point it at a folder of .png/.jpg/.webp images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"references: no .png/.jpg/.webp images in {folder}; add a few images of the subject")
-    return files
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """An image file -> (3,H,W) float in [0,1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"{path}: cannot read this reference image ({exc.__class__.__name__}); "
-                        f"replace or remove it") from None
-    array = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
-    return array.permute(2, 0, 1).float() / 255.0
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_key(identity: str, dtype: str, steps: Preprocess, files: list[Path]) -> str:
-    parts = [identity, dtype, steps.describe(), *(f"{f.name}:{file_sha256(f)}" for f in files)]
+    parts = [identity, dtype, steps.describe(), *(f"{f.name}:{sha256_of(f)}" for f in files)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -235,79 +202,25 @@ def _check_folder(model: str) -> Path:
 def _load_model(model: str):
     """(model, image processor, identity string) for a hub id or a local folder."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
-    from transformers.utils import logging as hf_logging
 
     local = is_local(model)
     source = str(_check_folder(model)) if local else model
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the hub logs several lines before failing offline
-    try:
+    with quiet_hub(), as_user_error(model, "DINOv2 model", HOW_TO_GET):
         config = AutoConfig.from_pretrained(source)
         if not str(getattr(config, "model_type", "")).startswith("dinov2"):
             raise UserError(f"'{model}' is a {config.model_type} model, not DINOv2; use e.g. facebook/dinov2-small")
         net = AutoModel.from_pretrained(source, dtype=torch.float32)
         processor = AutoImageProcessor.from_pretrained(source)
-    except UserError:
-        raise
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        if local:
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
-            raise UserError(f"DINOv2 model folder '{model}' cannot be loaded ({first}); re-download it") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        where = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline
-                 else "it is neither in the local Hugging Face cache nor downloadable")
-        raise UserError(f"DINOv2 model '{model}' is not a local folder, and as a hub id {where}; {HOW_TO_GET}") \
-            from None
-    finally:
-        hf_logging.set_verbosity(before)
-    return net, processor, _identity(model, source, local, config)
+    return net, processor, _identity(model, source, local)
 
 
-def _identity(model: str, source: str, local: bool, config) -> str:
+def _identity(model: str, source: str, local: bool) -> str:
     """What the embeddings depend on: the model's files, not where they lie."""
-    if not local:
-        return f"hub:{model}@{getattr(config, '_commit_hash', None) or 'unknown'}"
-    folder = Path(source)
-    parts = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix == ".json":
-            parts.append(f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
-        elif path.suffix in WEIGHT_SUFFIXES:
-            stat = path.stat()
-            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return "local:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------- a tiny model for tests and the demo
-
-TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   image_size=32, patch_size=8)
-TINY_PROCESSOR = dict(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-
-
-def build_tiny_dino(out_dir: Path, seed: int = 0) -> Path:
-    """Save a tiny random DINOv2 (the real `Dinov2Model` class) and its image processor to `out_dir`.
-
-    Skipped when `out_dir` already holds one; built in a temporary folder and renamed into place, so
-    a crash never leaves half a model. Nothing is downloaded.
-    """
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        torch.manual_seed(seed)
-        Dinov2Model(Dinov2Config(**TINY_CONFIG)).save_pretrained(tmp, safe_serialization=True)
-        BitImageProcessor(**TINY_PROCESSOR).save_pretrained(tmp)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:  # another process finished first
-            if not (out_dir / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    if not local:  # the hub's cached snapshot of it
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(model, "config.json")
+        if not isinstance(cached, str):
+            return f"hub:{model}@unknown"
+        source = str(Path(cached).parent)
+    files = [(p.name, p) for p in sorted(Path(source).iterdir()) if p.suffix == ".json" or p.suffix in WEIGHT_SUFFIXES]
+    return folder_identity(files)

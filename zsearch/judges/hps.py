@@ -8,7 +8,6 @@ its prompt's embeddings, as HPSv2 computes it (typically 0.2-0.35 for real image
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,11 +63,3 @@ class PreferenceJudge(Judge):
 
     def describe(self) -> dict:
         return {**super().describe(), "checkpoint": self.source}
-
-
-def save_checkpoint(model, path: Path) -> Path:
-    """Write an open_clip model in HPSv2's layout ({"state_dict": ...}, torch.save) — the tiny test model."""
-    from zsearch.util.atomic import atomic_path
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": {k: v.contiguous() for k, v in model.state_dict().items()}}, tmp)
-    return Path(path)

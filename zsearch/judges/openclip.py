@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from zsearch.util.atomic import atomic_path
-from zsearch.util.images import IMAGE_SUFFIXES  # one list of readable image types
+from zsearch.judges.images import read_image, reference_files
 from zsearch.errors import UserError
 from zsearch.engine.device import pick_device
 
@@ -75,13 +75,19 @@ class Scorer:
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         features = self.embed_images(images)
+        return {"style": self.style_of(features), "prompt": self.prompt_of(features, prompts)}
+
+    def style_of(self, features: torch.Tensor) -> torch.Tensor:
+        """Likeness of image embeddings (N, E) to the references: to their centroid, or the mean pairwise."""
         if self.style == "centroid":
             style = features @ self.centroid
         else:
             style = (features @ self.reference_embeddings.T).mean(dim=1)
-        text = self.embed_texts(prompts)
-        prompt = (features * text).sum(dim=1)
-        return {"style": style.float().clamp(-1, 1), "prompt": prompt.float().clamp(-1, 1)}
+        return style.float().clamp(-1, 1)
+
+    def prompt_of(self, features: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Likeness of image embeddings (N, E) to their prompts."""
+        return (features * self.embed_texts(prompts)).sum(dim=1).float().clamp(-1, 1)
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -137,33 +143,6 @@ def _center_crop_or_pad(images: torch.Tensor, height: int, width: int, fill: flo
 
 
 # -- references ----------------------------------------------------------------------------------
-
-def reference_files(folder: Path) -> list[Path]:
-    """The reference images of `folder` (sorted), or a UserError saying what is wrong."""
-    if not folder.exists():
-        raise UserError(f"reference folder '{folder}' not found; point `references:` at a folder of images")
-    if not folder.is_dir():
-        raise UserError(f"references '{folder}' is a file; point `references:` at a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"reference folder '{folder}' has no images ({', '.join(IMAGE_SUFFIXES)}); "
-                        f"add some reference images")
-    return files
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """(3, H, W) float in [0, 1]; a file PIL cannot read is a UserError naming it."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"reference image '{path}' cannot be read ({exc.__class__.__name__}); "
-                        f"replace or remove it") from None
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
-
 
 @torch.no_grad()
 def _embed_files(clip, preprocess_cfg: dict, files: list[Path], device) -> torch.Tensor:

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from zsearch.errors import UserError
 from zsearch.engine.device import pick_device
-from zsearch.judges.openclip import preprocess, read_image, reference_files
+from zsearch.judges.images import read_image, reference_files
+from zsearch.judges.openclip import preprocess
 from zsearch.judges.base import Batch, Judge
 from zsearch.judges.weights import build_open_clip, load_exactly, read_state_dict, resolve_file
 

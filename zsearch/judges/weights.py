@@ -6,11 +6,11 @@ a file that holds anything but tensors and plain containers is refused, and no c
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from zsearch.engine.hub import offline
 from zsearch.errors import UserError
 
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -28,9 +28,8 @@ def resolve_file(spec: str, what: str) -> Path:
         try:
             return Path(hf_hub_download(f"{parts[0]}/{parts[1]}", parts[2]))
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-            why = "not in the local hub cache and HF_HUB_OFFLINE is set" if offline else exc.__class__.__name__
-            raise UserError(f"{what} '{spec}' cannot be fetched ({why}); run `huggingface-cli download "
+            why = "not in the local hub cache and HF_HUB_OFFLINE is set" if offline() else exc.__class__.__name__
+            raise UserError(f"{what} '{spec}' cannot be fetched ({why}); run `hf download "
                             f"{parts[0]}/{parts[1]} {parts[2]}` or give a local file") from None
     path = Path(spec).expanduser()
     if not path.is_file():

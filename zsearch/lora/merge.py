@@ -49,13 +49,13 @@ class MergeReport:
     errors: dict[str, float] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)  # module -> "lokr"/"loha": written as that kind, exact
     mixed: list[str] = field(default_factory=list)  # modules whose summed delta was SVD'd to a LoRA
-    _sq_norm: float = 0.0
-    _sq_error: float = 0.0
+    sq_norm: float = 0.0  # sum over re-compressed modules of ‖ΔW‖²
+    sq_error: float = 0.0  # and of ‖ΔW − its low-rank form‖²
 
     @property
     def relative_error(self) -> float:
         """Relative Frobenius error over all modules together (0 for an exact merge)."""
-        return math.sqrt(self._sq_error / self._sq_norm) if self._sq_norm > 0 else 0.0
+        return math.sqrt(self.sq_error / self.sq_norm) if self.sq_norm > 0 else 0.0
 
     @property
     def max_error(self) -> tuple[str, float] | None:
@@ -150,8 +150,8 @@ class MergePlan:
                     report.mixed.append(m.path)
                 down, up = down.to(self.dtype), up.to(self.dtype)
                 report.errors[m.path] = error
-                report._sq_norm += sq_norm
-                report._sq_error += error ** 2 * sq_norm
+                report.sq_norm += sq_norm
+                report.sq_error += error ** 2 * sq_norm
             if down.shape != (m.rank, m.in_features) or up.shape != (m.out_features, m.rank):
                 raise AssertionError(f"{m.path}: planned rank {m.rank}, computed {tuple(down.shape)}")
             report.ranks[m.path] = m.rank

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from safetensors.torch import save_file
 
 from zsearch import __version__
 from zsearch.util.atomic import atomic_path
+from zsearch.util.hashing import sha256_of
 from zsearch.errors import UserError
 from zsearch.lora.recipe import Recipe, recipe_to_dict
 
@@ -138,12 +138,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     if path.is_dir():
         files = [path / name for name in ("adapter_model.safetensors", "adapter_config.json",
                                           "pytorch_lora_weights.safetensors") if (path / name).is_file()]
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(*files)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -27,41 +27,27 @@ from zsearch.lora.write import merge_metadata, save_lora
 from zsearch.outputs.provenance import provenance_metadata
 from zsearch.lora.recipe import Recipe, save_recipe
 from zsearch.study import records
+from zsearch.study.choice import PERSON, TRAINING, choose_best
 from zsearch.study.records import trial_score
-from zsearch.review.session import reviewed_best
 from zsearch.study.space import SearchSpace
-from zsearch.search.trust import validated_best
-
-GRID_ATTR = records.GRID  # every trial: a thumbnail grid (JPEG)
-FULL_GRID_ATTR = "grid_full_artifact"  # baseline, start points, the top trials: full size (PNG)
-
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
-    """The best complete trial: the top score (on a Pareto front the best weighted sum), or the
-    validation's choice among the top trials once validation has run, or the person's choice once
-    `zsearch review` has one. Partial (pruned) trials are never picked."""
-    complete = records.candidates(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if not complete:
-        return None
-    if config.objective.pareto:  # the front member with the best weighted score
-        front = [t for t in study.best_trials if records.can_be_best(t)] or complete
-        train_best = max(front, key=trial_score)
-    else:
-        train_best = max(complete, key=trial_score)  # the first of equal scores, as Optuna picks
-    return reviewed_best(study, validated_best(study, train_best))[0]
+    """The best trial by the one rule (study/choice.py); None before any trial completed fully."""
+    choice = choose_best(study)
+    return choice.trial if choice else None
 
 
 def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
     """How the best trial was chosen: by a person's review, by validation, or by the training score."""
-    _, record = reviewed_best(study, trial)
-    if record is not None and record["chosen"] == trial.number:
-        return {"by": "person", "review": record["study"], "choices": len(record["choices"]),
+    choice = choose_best(study)
+    if choice is None or choice.trial.number != trial.number:
+        return {"by": TRAINING}
+    if choice.by == PERSON:
+        record = choice.review
+        return {"by": PERSON, "review": record["study"], "choices": len(record["choices"]),
                 "candidates": record["candidates"], "model": record["model"],
                 "ranking": [{"trial": r["trial"], "strength": round(r["strength"], 4)} for r in record["ranking"]]}
-    validation = records.read_validation(study)
-    if validation is not None and validation.chosen == trial.number:
-        return {"by": "validation"}
-    return {"by": "training score"}
+    return {"by": choice.by}
 
 
 @contextmanager
@@ -71,20 +57,20 @@ def _locked(folder: Path):
         yield
 
 
-def _written(path: Path) -> Optional[tuple[int, dict]]:
-    """(trial, scores) of the best.yaml on disk, to skip rewriting identical outputs."""
+def read_best_info(folder: Path) -> Optional[dict]:
+    """The `info` of the best.yaml in `folder` (trial, scores, chosen_by, ...), None when absent or unreadable."""
     try:
-        info = yaml.safe_load(path.read_text())["info"]
-        return info["trial"], info["scores"]
+        info = yaml.safe_load((folder / "best.yaml").read_text())["info"]
     except (OSError, TypeError, KeyError, yaml.YAMLError):
         return None
+    return info if isinstance(info, dict) else None
 
 
-def _written_by(path: Path) -> Optional[dict]:
-    try:
-        return yaml.safe_load(path.read_text())["info"].get("chosen_by")
-    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
-        return None
+def _up_to_date(folder: Path, study: optuna.Study, trial: FrozenTrial) -> bool:
+    """best.* on disk already hold this trial, with the same scores and the same reason."""
+    info = read_best_info(folder) or {}
+    return (info.get("trial") == trial.number and info.get("scores") == best_scores(study, trial)
+            and info.get("chosen_by") == chosen_by(study, trial) and (folder / "best.safetensors").exists())
 
 
 def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
@@ -126,9 +112,7 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
         trial = pick_best(config, study)  # inside the lock: another worker may have written a newer best
         if trial is None:
             return None
-        written = _written(out / "best.yaml")
-        if not force and written == (trial.number, best_scores(study, trial)) and (out / "best.safetensors").exists() \
-                and _written_by(out / "best.yaml") == chosen_by(study, trial):
+        if not force and _up_to_date(out, study, trial):
             return trial
         recipe = best_recipe(config, SearchSpace(config), study, trial)
         tensors, report = merge_recipe(recipe)
@@ -145,7 +129,7 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
 def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
     """A trial's full-size grid, else its thumbnail (full size is kept for the top trials only)."""
     attrs = trial.user_attrs if trial else {}
-    for artifact in (attrs.get(FULL_GRID_ATTR), attrs.get(GRID_ATTR)):
+    for artifact in (attrs.get(records.FULL_GRID), attrs.get(records.GRID)):
         if not artifact:
             continue
         try:

@@ -2,6 +2,8 @@
 
 The study's storage is all it needs (plus best.png / best.yaml when they exist), so a report can
 be drawn on any machine that reaches the storage, while the search runs or after it.
+
+Must not import search/ (it reads the study, never runs it), review/ or commands/.
 """
 
 from __future__ import annotations
@@ -15,40 +17,15 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
-import yaml
 
 from zsearch.settings.schema import Config
-from zsearch.errors import UserError
 from zsearch.report import sections, terms
+from zsearch.study.storage import open_existing_study
+from zsearch.outputs.best import read_best_info
 from zsearch.report.facts import StudyFacts, gather, is_screening
 from zsearch.report.page import Heading, Para, to_html, to_markdown
 
 __all__ = ["write_report", "open_existing_study", "param_importances"]
-
-
-def open_existing_study(config: Config) -> optuna.Study:
-    """The config's study, or a one-line UserError; never creates a database or a study."""
-    from zsearch.study.storage import make_storage
-
-    url = config.storage_url
-    missing = None
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        missing = None if path.is_file() else path
-    elif url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path = path if path.is_absolute() else config.source.resolve().parent / path
-        missing = None if path.is_file() else path
-    if missing is not None:
-        raise UserError(f"no study '{config.name}': {missing} does not exist; run `zsearch run {config.source}` first")
-    with warnings.catch_warnings():  # heartbeats are "experimental": not the reader's concern
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = make_storage(config)
-    try:
-        return optuna.load_study(study_name=config.name, storage=storage)
-    except KeyError:
-        raise UserError(f"no study '{config.name}' in {url}; run `zsearch run {config.source}` first "
-                        f"(or check 'name:' in the config)") from None
 
 
 def param_importances(study: optuna.Study, facts: StudyFacts) -> tuple[Optional[dict[str, float]], Optional[str]]:
@@ -77,11 +54,8 @@ def param_importances(study: optuna.Study, facts: StudyFacts) -> tuple[Optional[
     return {name: float(value) for name, value in result.items() if name not in frozen}, None
 
 
-def _best_yaml_trial(path: Path) -> Optional[int]:
-    try:
-        trial = yaml.safe_load(path.read_text())["info"]["trial"]
-    except (OSError, TypeError, KeyError, yaml.YAMLError):
-        return None
+def _best_yaml_trial(folder: Path) -> Optional[int]:
+    trial = (read_best_info(folder) or {}).get("trial")
     return trial if isinstance(trial, int) else None
 
 
@@ -101,7 +75,7 @@ def build(config: Config, study: optuna.Study, folder: Path) -> list:
     blocks = [Heading(1, f"zsearch report: {config.name}"),
               Para(f"Drawn {when} from the study in {config.storage_url} (config {config_path}, "
                    f"model {config.model}).")]
-    blocks += sections.summary(facts, config_path, _best_yaml_trial(config.out_dir / "best.yaml"), config.out_dir)
+    blocks += sections.summary(facts, config_path, _best_yaml_trial(config.out_dir), config.out_dir)
     blocks += sections.history(facts, folder, front)
     blocks += sections.importance(facts, folder, importances, error)
     blocks += sections.effects(facts, folder, order)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from zsearch.study import records
+from zsearch.study.choice import choose_best
 from zsearch.study.records import Noise, ScreenRow, Validation, ValidationRow, is_screening, trial_score
 from zsearch.study.stats import Comparison
 
@@ -38,6 +39,7 @@ class StudyFacts:
     train_best: Optional[FrozenTrial]  # the best by the training score
     best: Optional[FrozenTrial]  # what best.* hold: the validation's choice when it is current
     validation_current: bool  # validation covers the training best
+    chosen_by: str = "training score"  # how the best was chosen (study/choice.py)
     counts: dict[str, int] = field(default_factory=dict)
     screening_trials: int = 0
     wall_seconds: Optional[float] = None
@@ -111,20 +113,10 @@ def gather(study: optuna.Study, objective_weights: tuple[float, float] = (1.0, 0
         prompts=_prompts(attrs.get(records.FINGERPRINT)), noise=records.read_noise(study),
         screening=records.read_screening(study), validation=records.read_validation(study),
         baseline=baseline, train_best=None, best=None, validation_current=False)
-    if complete:
-        if pareto:
-            front = study.best_trials
-            facts.train_best = max(front, key=facts.weighted) if front else None
-        else:
-            facts.train_best = max(complete, key=lambda t: trial_score(t))
-    facts.best = facts.train_best
-    if facts.validation is not None and facts.train_best is not None:
-        validated = {row.trial for row in facts.validation.rows}
-        facts.validation_current = facts.train_best.number in validated
-        chosen = facts.validation.chosen
-        if facts.validation_current and chosen is not None and 0 <= chosen < len(trials) \
-                and trials[chosen].state == TrialState.COMPLETE:
-            facts.best = trials[chosen]
+    choice = choose_best(study)  # the one rule zsearch best follows
+    if choice is not None:
+        facts.train_best, facts.best = choice.train_best, choice.trial
+        facts.validation_current, facts.chosen_by = choice.validation_current, choice.by
     _timing(facts)
     return facts
 

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial
 from zsearch.study import records
 
 from zsearch.study import stats
+from zsearch.study.choice import PERSON
 from zsearch.report import plots
 from zsearch.report.facts import StudyFacts, duration, trial_score
 from zsearch.report.page import Block, Heading, Image, Para, Table
@@ -177,7 +178,9 @@ def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
     if v.baseline is not None and chosen is not None:
         text += f" vs {f4(v.baseline)} for plain stacking ({signed(chosen.validation - v.baseline)})"
     text += "."
-    if facts.train_best is not None and facts.best.number != facts.train_best.number:
+    if facts.chosen_by == PERSON:
+        text += f" You chose {_trial(facts.best)} in `zsearch review`; best.* follow your choice."
+    elif facts.train_best is not None and facts.best.number != facts.train_best.number:
         lost = facts.validation_row(facts.train_best)
         text += (f" Validation chose it over the training best ({_trial(facts.train_best)}), which scored "
                  f"{f4(lost.train if lost else None)} on training but {f4(lost.validation if lost else None)} "

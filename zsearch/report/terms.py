@@ -15,7 +15,7 @@ from typing import Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from zsearch.study.records import GRID as GRID_ATTR, TERMS
+from zsearch.study.records import FULL_GRID, GRID as GRID_ATTR, ROLE, SCORE, TERMS
 from zsearch.report.page import Block, Heading, Image, Para, Table
 
 LEGACY_TERMS = ("style", "prompt", "identity")
@@ -49,7 +49,7 @@ def section(study: optuna.Study, folder: Path, store=None, max_rows: int = 40) -
         return []
     names = list(dict.fromkeys(name for t in complete for name in trial_terms(t)))
     blocks: list[Block] = [Heading(2, "What each judge said")]
-    ranked = sorted(complete, key=lambda t: float(t.user_attrs.get("score", t.values[0])), reverse=True)
+    ranked = sorted(complete, key=lambda t: float(t.user_attrs.get(SCORE, t.values[0])), reverse=True)
     shown = ranked[:max_rows]
     blocks.append(Para(f"Each term is the trial's mean over its renders; the score is their weighted sum. "
                        f"{'The top ' + str(len(shown)) + ' of ' + str(len(complete)) if len(shown) < len(complete) else 'All ' + str(len(complete))} "
@@ -57,7 +57,7 @@ def section(study: optuna.Study, folder: Path, store=None, max_rows: int = 40) -
     rows = []
     for t in shown:
         terms = trial_terms(t)
-        rows.append([str(t.number), str(t.user_attrs.get("role", "")),
+        rows.append([str(t.number), str(t.user_attrs.get(ROLE, "")),
                      *(f"{terms[n]:.4f}" if n in terms else "" for n in names),
                      f"{float(t.user_attrs.get('score', t.values[0])):.4f}"])
     blocks.append(Table(["trial", "role", *names, "score"], rows))
@@ -95,7 +95,7 @@ def _grid(store, trial: FrozenTrial) -> Optional[bytes]:
     """The trial's grid as PNG bytes: its full-size grid when kept, else its thumbnail (JPEG)."""
     if store is None:
         return None
-    for artifact in (trial.user_attrs.get("grid_full_artifact"), trial.user_attrs.get(GRID_ATTR)):
+    for artifact in (trial.user_attrs.get(FULL_GRID), trial.user_attrs.get(GRID_ATTR)):
         if not artifact:
             continue
         try:
@@ -106,7 +106,6 @@ def _grid(store, trial: FrozenTrial) -> Optional[bytes]:
         if data[:8] == b"\x89PNG\r\n\x1a\n":
             return data
         try:
-            import io
             from PIL import Image as PILImage
             out = io.BytesIO()
             PILImage.open(io.BytesIO(data)).convert("RGB").save(out, format="PNG")

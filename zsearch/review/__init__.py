@@ -1,0 +1,3 @@
+"""The morning review: a person ranks the top candidates in optuna-dashboard's preference page.
+Must not import report/, demo/ or commands/.
+"""

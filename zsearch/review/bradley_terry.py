@@ -60,13 +60,6 @@ def bradley_terry(n_items: int, wins: Sequence[Sequence[float]] | None = None,
     return p
 
 
-def log_likelihood(p: Sequence[float], comparisons: Sequence[tuple[int, int]], prior: float = 1.0) -> float:
-    """The objective `bradley_terry` maximises (with its virtual games), for checking a fit."""
-    total = sum(math.log(p[a] / (p[a] + p[b])) for a, b in comparisons)
-    total += prior * sum(math.log(x / (x + 1)) + math.log(1 / (x + 1)) for x in p)
-    return total
-
-
 def round_robin(n_items: int) -> list[tuple[int, int]]:
     """Every pair once, in rounds of disjoint pairs (the circle method), so that no item is shown
     twice in a row where avoidable and every item appears early."""

@@ -1,0 +1,3 @@
+"""The night's loop: run, session, objective, evaluation, pruning, trust (noise, validation), progress, log.
+Must not import review/, report/, demo/ or commands/.
+"""

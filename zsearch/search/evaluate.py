@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from zsearch.settings.schema import Config
+from zsearch.study.stats import nanmean
 from zsearch.engine.render import Job
 from zsearch.lora.recipe import Recipe
 
@@ -36,20 +37,20 @@ class Evaluation:
     terms: dict[str, list[float]] = field(default_factory=dict)  # every judge's term, per prompt (ran jobs)
 
     def mean_term(self, name: str) -> float:
-        return _nanmean(self.terms[name])
+        return nanmean(self.terms[name])
 
     @property
     def mean_style(self) -> float:
-        return _nanmean(self.style)
+        return nanmean(self.style)
 
     @property
     def mean_prompt(self) -> float:
-        return _nanmean(self.prompt)
+        return nanmean(self.prompt)
 
     @property
     def value(self) -> float:
         """The mean combined score over the jobs that ran (all of them unless stopped early)."""
-        return _nanmean(self.jobs) if self.jobs else _nanmean(self.combined)
+        return nanmean(self.jobs) if self.jobs else nanmean(self.combined)
 
     @property
     def jobs_run(self) -> int:
@@ -157,9 +158,4 @@ class Evaluator:
         rows: list[list[float]] = [[] for _ in self.prompts]
         for job, value in zip(self.jobs, per_job):
             rows[self._local[job.prompt]].append(value)
-        return [_nanmean(row) for row in rows]
-
-
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
+        return [nanmean(row) for row in rows]

@@ -52,7 +52,7 @@ def logging_to(config: Config) -> Iterator[None]:
 def log_trial(trial: optuna.trial.FrozenTrial, best) -> None:
     if trial.state == TrialState.COMPLETE:
         log.info("trial %d: score %.5f (best %.5f, trial %d) %s", trial.number, trial_score(trial),
-                 trial_score(best), best.number, trial.user_attrs.get("seconds"))
+                 trial_score(best), best.number, trial.user_attrs.get(records.SECONDS))
     else:
         log.info("trial %d: %s %s", trial.number, trial.state.name.lower(),
                  trial.user_attrs.get(records.FAIL_REASON, ""))

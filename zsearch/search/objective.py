@@ -15,7 +15,6 @@ from zsearch.outputs.grid import job_grid, save_jpeg, save_png, shrink
 from zsearch.study import budget as trial_budget
 from zsearch.search import pruning
 from zsearch.study import records
-from zsearch.outputs.best import FULL_GRID_ATTR as FULL_GRID
 from zsearch.search.evaluate import Evaluation, Evaluator, TrialFailed
 from zsearch.study.space import SearchSpace
 from zsearch.study.workers import WORKER_ID
@@ -62,7 +61,7 @@ class Objective:
         n_prompts = len(self.evaluator.prompts)
         self._upload(trial, records.GRID, job_grid(shrink(evaluation.images), n_prompts), "jpg")
         if self._keeps_full_size(trial, score):
-            self._upload(trial, FULL_GRID, job_grid(evaluation.images, n_prompts), "png")
+            self._upload(trial, records.FULL_GRID, job_grid(evaluation.images, n_prompts), "png")
             if score is not None:
                 self._drop_full_size_outside_the_top(score)
 
@@ -95,7 +94,7 @@ class Objective:
         (their thumbnails remain; best.png falls back to them)."""
         cut = sorted([*self._top_scores(), new_score], reverse=True)[:self._keep()][-1]
         for old in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            artifact = old.user_attrs.get(FULL_GRID)
+            artifact = old.user_attrs.get(records.FULL_GRID)
             score = records.trial_score(old)
             if artifact and not _measured_point(old.user_attrs) and (score is None or score < cut):
                 try:

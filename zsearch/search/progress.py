@@ -46,16 +46,3 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def gain_line(scores: dict) -> Optional[str]:
-    """The run summary's verdict, from best.yaml's `scores.gain` (see best.best_scores):
-    'gain over the baseline +0.0123 ± 0.0081 (95 % interval, 12 held-out jobs, p = 0.002): conclusive'."""
-    gain = scores.get("gain") if isinstance(scores, dict) else None
-    if not isinstance(gain, dict) or not all(isinstance(gain.get(k), (int, float)) for k in ("gain", "low", "high")):
-        return None
-    half = (gain["high"] - gain["low"]) / 2
-    where = "held-out" if gain.get("on") == "validation" else "training"
-    return (f"gain over the baseline {gain['gain']:+.5f} ± {half:.5f} (95 % interval {gain['low']:+.5f} to "
-            f"{gain['high']:+.5f}, paired over {gain.get('jobs', '?')} {where} jobs, p = {gain.get('p', float('nan')):.3g}): "
-            f"{gain.get('verdict', '?')}")

@@ -16,10 +16,7 @@ from zsearch.study.storage import artifact_store, open_study
 
 
 def prepare(config: Config) -> None:
-    """Build the demo's tiny models when asked, then check every input before any study exists."""
-    if config.demo is not None:
-        from zsearch.demo.build import build_demo
-        build_demo(config.demo)
+    """Check every input before any study exists (a demo config's assets are built by the command)."""
     check_inputs(config)
     check_setup(config)
 

@@ -18,11 +18,12 @@ import logging
 from typing import Optional
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from zsearch.settings.schema import Config
 from zsearch.study import records
 from zsearch.study import stats
+from zsearch.study.choice import top_candidates
 from zsearch.search.evaluate import Evaluator, TrialFailed
 from zsearch.study.space import SearchSpace
 
@@ -64,10 +65,7 @@ def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, sc
     with the baseline on the same held-out jobs. Partial (pruned) trials are never validated.
     None when there is nothing to validate (no complete trial, or every render failed).
     """
-    complete = records.candidates(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    baseline = records.baseline_of(complete)
-    ranked = sorted((t for t in complete if t is not baseline), key=records.trial_score, reverse=True)
-    candidates = ([baseline] if baseline else []) + ranked[:config.validation.top_k]
+    candidates = top_candidates(study.get_trials(deepcopy=False), config.validation.top_k)
     seeds = config.validation.seeds_for(config.seeds)
     evaluator = Evaluator(config, engine, scorers, prompts=config.validation_prompts, seeds=seeds)
     rows = []
@@ -78,7 +76,7 @@ def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, sc
             log.warning("validation of trial %d failed: %s", trial.number, exc)
             continue
         rows.append(records.ValidationRow(trial=trial.number, train=records.trial_score(trial),
-                                          validation=evaluation.value, baseline=trial is baseline,
+                                          validation=evaluation.value, baseline=records.is_baseline(trial),
                                           jobs=evaluation.jobs))
     if not rows:
         return None
@@ -88,27 +86,7 @@ def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, sc
     return record.to_dict()
 
 
-def validated_best(study: optuna.Study, train_best: FrozenTrial) -> FrozenTrial:
-    """The validation's choice, while the training best is among the validated trials.
-
-    A new training best found after the last validation takes over until validation runs again.
-    """
-    record = records.read_validation(study)
-    if record is None or record.chosen is None or record.row(train_best.number) is None:
-        return train_best
-    return study.get_trials(deepcopy=False)[record.chosen]
-
-
 # ---------------------------------------------------------------- screening
-
-def screening_values(space: SearchSpace) -> list[tuple[str, dict[str, float]]]:
-    """One-factor-at-a-time points: (label, params) with one parameter at its low or high end."""
-    points = []
-    for p in space.params:
-        for end, value in (("low", p.low), ("high", p.high)):
-            points.append((records.screening_role(p.name, end), dict(space.baseline(), **{p.name: value})))
-    return points
-
 
 def screen_effect(end_jobs: Optional[list[float]], base_jobs: Optional[list[float]]
                   ) -> Optional[tuple[float, float, bool]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from zsearch.settings.schema import Config, validate_config
 from zsearch.errors import UserError
-from zsearch.util.images import image_files
+from zsearch.util.images import image_files, reference_files
 from zsearch.util.yamlfile import read_yaml
 
 
@@ -106,11 +106,7 @@ MIN_REFERENCE_SIDE = 32  # smaller images say nothing a scorer (CLIP sees 224 px
 
 def _check_references(folder: Path, where: str) -> None:
     from PIL import Image, UnidentifiedImageError
-    if not folder.is_dir():
-        raise UserError(f"{where}: {folder} is not a folder of images")
-    files = image_files(folder)
-    if not files:
-        raise UserError(f"{where}: no .png/.jpg/.webp images in {folder}")
+    files = reference_files(folder, where)
     for path in files:
         try:
             with Image.open(path) as image:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zsearch.lora.blocks import GROUPS, N_LAYERS
 from zsearch.errors import UserError
-from zsearch.study.fingerprint import fingerprint
+from zsearch.settings.fingerprint import fingerprint
 
 
 class _Strict(BaseModel):
@@ -70,7 +70,7 @@ class LoraEntry(_Strict):
         return self
 
 
-class Render(_Strict):
+class RenderSettings(_Strict):
     steps: int = Field(8, ge=1, le=100)
     width: int = Field(1024, ge=16)
     height: int = Field(1024, ge=16)
@@ -88,13 +88,13 @@ class Render(_Strict):
         return value
 
 
-class Scorer(_Strict):
+class ScorerSettings(_Strict):
     model: str = "ViT-L-14"
     pretrained: Optional[str] = "datacomp_xl_s13b_b90k"
     style: Literal["centroid", "pairwise"] = "centroid"
 
 
-class Identity(_Strict):
+class IdentitySettings(_Strict):
     """A second reference set scored by DINOv2 image similarity (a subject or character)."""
 
     references: Path
@@ -102,7 +102,7 @@ class Identity(_Strict):
     weight: float = 1.0  # its weight in the objective, beside style and prompt
 
 
-class Objective(_Strict):
+class ObjectiveSettings(_Strict):
     """Weighted sum of the judges' terms (style, prompt, identity, and the extra judges'), or two
     or three terms side by side as a Pareto objective."""
 
@@ -127,7 +127,7 @@ class JudgeEntry(_Strict):
     checkpoint: Optional[str] = None  # a local file or hf-hub:owner/repo/file (aesthetic: the head)
 
 
-class Validation(_Strict):
+class ValidationSettings(_Strict):
     """Held-out prompts and seeds the top trials are re-scored on; default: new seeds."""
 
     prompts: Optional[Union[Path, list[str]]] = None  # default: the search's prompts
@@ -141,7 +141,7 @@ class Validation(_Strict):
         return [start + i for i in range(len(train_seeds))]
 
 
-class Noise(_Strict):
+class NoiseSettings(_Strict):
     """The baseline is re-scored on `repeats` extra seed sets to measure the score's noise."""
 
     repeats: int = Field(3, ge=0)
@@ -152,7 +152,7 @@ class Noise(_Strict):
         return [[start + k * n + i for i in range(n)] for k in range(self.repeats)]
 
 
-class Search(_Strict):
+class SearchSettings(_Strict):
     trials: int = Field(500, ge=1)
     hours: Optional[float] = Field(None, gt=0)
     sampler: Literal["auto", "tpe", "cmaes", "gp", "random"] = "auto"  # auto: gp up to 32 parameters, else tpe
@@ -170,14 +170,14 @@ class Config(_Strict):
     references: Path
     prompts: Union[Path, list[str]]
     seeds: list[int] = Field([0], min_length=1)
-    render: Render = Render()
-    scorer: Scorer = Scorer()
-    identity: Optional[Identity] = None  # optional: a subject set judged by DINOv2
+    render: RenderSettings = RenderSettings()
+    scorer: ScorerSettings = ScorerSettings()
+    identity: Optional[IdentitySettings] = None  # optional: a subject set judged by DINOv2
     judges: list[JudgeEntry] = []  # extra judges beside CLIP (and DINOv2)
-    objective: Objective = Objective()
-    search: Search = Search()
-    validation: Validation = Validation()
-    noise: Noise = Noise()
+    objective: ObjectiveSettings = ObjectiveSettings()
+    search: SearchSettings = SearchSettings()
+    validation: ValidationSettings = ValidationSettings()
+    noise: NoiseSettings = NoiseSettings()
     storage: Optional[str] = None  # any Optuna storage URL; default sqlite in the output folder
     start: list[Path] = []  # recipes tried right after the baseline
     output: Optional[Path] = None  # default: results/<name> under the working folder
@@ -255,7 +255,7 @@ class Config(_Strict):
         return [i for i, lora in enumerate(self.loras) if lora.search is not None]
 
     def fingerprint(self, hashes=None) -> dict[str, Any]:
-        """What a trial's score measured, by content (see zsearch.study.fingerprint)."""
+        """What a trial's score measured, by content (see zsearch.settings.fingerprint)."""
         return fingerprint(self, hashes)
 
     def fingerprint_hash(self) -> str:

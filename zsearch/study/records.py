@@ -10,10 +10,15 @@ Per trial (user attributes):
     jobs        per-job scores in the canonical job order (prompt-major, then seed); NaN = not run
     partial     True when pruning stopped it early: its value is an estimate, never a best
     surplus     True on a failed trial that lost the race for the budget's last place (not run)
-    per_prompt, style, prompt, identity, terms, seconds, fail_reason, grid_artifact
+    per_prompt, style, prompt, identity, terms, seconds, fail_reason, grid_artifact,
+    grid_full_artifact (baseline, start points and the top trials: the full-size grid)
 
 Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint,
-setup_failed (the run that set the study up failed before measuring: the fixed command may replace it).
+setup_failed (the run that set the study up failed before measuring: the fixed command may replace it),
+review (a person's choices in `zsearch review` and the ranking fitted to them).
+
+Review study (`<name>:review`, optuna-dashboard's preferential study): candidates, labels, pairs,
+search_study, seeds per study; candidate, pair, render per trial.
 
     from zsearch.study import records
     score = records.trial_score(trial)          # float or None
@@ -54,6 +59,7 @@ SECONDS = "seconds"
 FAIL_REASON = "fail_reason"
 SURPLUS = "surplus"  # a trial that lost the race for the budget's last place to another worker (not run)
 GRID = "grid_artifact"
+FULL_GRID = "grid_full_artifact"
 RETRY_OF = "retry_of"
 WORKER = "zsearch.worker"  # a user attribute (system attribute in older studies): the worker's unique id
 
@@ -63,6 +69,17 @@ SCREENING = "screening"
 SPACE = "space"
 FINGERPRINT = "fingerprint"
 SETUP_FAILED = "setup_failed"  # the run that set the study up failed before it measured anything
+REVIEW = "review"  # the search study's record of a person's review
+
+# the review study (optuna-dashboard's preferential study)
+REVIEW_CANDIDATES = "candidates"  # the search trials under review, in the order of the labels
+REVIEW_LABELS = "labels"  # {trial number: "A", ...}: renders are shown blind
+REVIEW_PAIRS = "pairs"  # the round-robin schedule, as positions in the candidates
+REVIEW_SEARCH_STUDY = "search_study"
+REVIEW_SEEDS = "seeds"
+CANDIDATE = "candidate"  # on a review trial: the search trial it shows
+RENDER = "render"  # on a review trial: the artifact id of its picture
+PAIR = "pair"  # on a review trial: which pair of the schedule it belongs to
 
 
 def is_number(value: Any) -> bool:
@@ -178,17 +195,12 @@ def write_evaluation(trial, evaluation, value: Optional[float] = None) -> None:
     trial.set_user_attr(STYLE, evaluation.mean_style)
     trial.set_user_attr(PROMPT, evaluation.mean_prompt)
     if evaluation.identity is not None:
-        trial.set_user_attr(IDENTITY, _nanmean(evaluation.identity))
+        trial.set_user_attr(IDENTITY, stats.nanmean(evaluation.identity))
     if getattr(evaluation, "terms", None):
-        trial.set_user_attr(TERMS, {name: _nanmean(values) for name, values in evaluation.terms.items()})
+        trial.set_user_attr(TERMS, {name: stats.nanmean(values) for name, values in evaluation.terms.items()})
     trial.set_user_attr(SECONDS, {k: round(v, 4) for k, v in evaluation.seconds.items()})
     if evaluation.partial:
         trial.set_user_attr(PARTIAL, True)
-
-
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
 
 
 # ------------------------------------------------------------ noise
@@ -295,6 +307,12 @@ class Validation:
         seeds = [s for s in raw.get("seeds", []) if isinstance(s, int)] if isinstance(raw.get("seeds"), list) else []
         prompts = raw.get("prompts") if isinstance(raw.get("prompts"), int) else None
         return cls(rows=rows, chosen=chosen, seeds=seeds, prompts=prompts)
+
+
+def read_review(study) -> Optional[dict]:
+    """The review's record (see review/), or None when no review has run."""
+    record = study.user_attrs.get(REVIEW)
+    return record if isinstance(record, dict) else None
 
 
 def read_validation(study) -> Optional[Validation]:

@@ -13,6 +13,7 @@ import optuna
 
 from zsearch.lora.blocks import COMPONENTS, GROUPS, N_LAYERS, Module
 from zsearch.settings.schema import Config, LoraSearch
+from zsearch.study import records
 from zsearch.lora.recipe import LoraWeights, Recipe
 
 
@@ -112,3 +113,12 @@ class SearchSpace:
                 value = weights.layer_weight(Module("layers", int(p.key.split("-")[0]), "to_q"))
             values[p.name] = min(max(value, p.low), p.high)
         return values
+
+
+def screening_values(space: SearchSpace) -> list[tuple[str, dict[str, float]]]:
+    """One-factor-at-a-time points: (label, params) with one parameter at its low or high end."""
+    points = []
+    for p in space.params:
+        for end, value in (("low", p.low), ("high", p.high)):
+            points.append((records.screening_role(p.name, end), dict(space.baseline(), **{p.name: value})))
+    return points

@@ -157,3 +157,9 @@ def _tie_sizes(ranks: list[float]) -> list[int]:
     for r in ranks:
         sizes[r] = sizes.get(r, 0) + 1
     return [t for t in sizes.values() if t > 1]
+
+
+def nanmean(values: list[float]) -> float:
+    """The mean of the values that are not NaN (jobs not run); NaN when none was."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan

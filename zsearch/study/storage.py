@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,11 +24,10 @@ from optuna.trial import TrialState
 
 from zsearch.settings.schema import Config
 from zsearch.errors import UserError
-from zsearch.study.fingerprint import FileHashes, same_measurement
+from zsearch.settings.fingerprint import FileHashes, same_measurement
 from zsearch.lora.recipe import load_recipe
-from zsearch.study.space import SearchSpace
+from zsearch.study.space import SearchSpace, screening_values
 from zsearch.study.samplers import SobolStartup
-from zsearch.search.trust import screening_values
 from zsearch.study import records
 from zsearch.study.records import WORKER, RetryDeadTrial
 from zsearch.study.workers import WORKER_ID, is_dead
@@ -185,7 +185,7 @@ def fail_dead_workers(config: Config, study: optuna.Study) -> int:
 
 def check_fingerprint(config: Config, study: optuna.Study, hashes: Optional[FileHashes] = None) -> None:
     """Refuse a study that measured other inputs (by content) or another search space."""
-    recorded = study.user_attrs.get("fingerprint")
+    recorded = study.user_attrs.get(records.FINGERPRINT)
     if recorded is None:
         return
     changed = same_measurement(recorded, config.fingerprint(hashes))
@@ -254,8 +254,8 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
     if created or "fingerprint" not in study.user_attrs:  # (or its creator died while setting it up)
         _enqueue_first(config, space, study, start_recipes)
         study.set_metric_names(config.pareto_terms if config.objective.pareto else ["score"])
-        study.set_user_attr("space", space.describe())
-        study.set_user_attr("fingerprint", config.fingerprint(hashes))  # last: it marks the set-up done
+        study.set_user_attr(records.SPACE, space.describe())
+        study.set_user_attr(records.FINGERPRINT, config.fingerprint(hashes))  # last: it marks the set-up done
     hashes.save()
     fail_dead_workers(config, study)
     return study
@@ -275,17 +275,33 @@ def _resume_seed(seed: int, n_trials: int) -> int:
 
 
 def _enqueue_first(config: Config, space: SearchSpace, study: optuna.Study, start_recipes) -> None:
-    study.enqueue_trial(space.baseline(), user_attrs={"role": "baseline"}, skip_if_exists=True)
+    study.enqueue_trial(space.baseline(), user_attrs={records.ROLE: records.BASELINE_ROLE}, skip_if_exists=True)
     if config.search.screen:
         for role, params in screening_values(space):
-            study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
+            study.enqueue_trial(params, user_attrs={records.ROLE: role}, skip_if_exists=True)
     for path, recipe in start_recipes:
-        study.enqueue_trial(space.params_of(recipe), user_attrs={"role": f"start:{path.name}"},
+        study.enqueue_trial(space.params_of(recipe), user_attrs={records.ROLE: f"{records.START_ROLE}:{path.name}"},
                             skip_if_exists=True)
 
 
-def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get("role") == "baseline":
-            return trial
-    return None
+def open_existing_study(config: Config) -> optuna.Study:
+    """The config's study, or a one-line UserError; never creates a database or a study."""
+    url = config.storage_url
+    missing = None
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        missing = None if path.is_file() else path
+    elif url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path = path if path.is_absolute() else config.source.resolve().parent / path
+        missing = None if path.is_file() else path
+    if missing is not None:
+        raise UserError(f"no study '{config.name}' yet: {missing} does not exist; run `zsearch run {config.source}` first")
+    with warnings.catch_warnings():  # heartbeats are "experimental": not the reader's concern
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = make_storage(config)
+    try:
+        return optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study '{config.name}' yet in {shown_url(url)}; run `zsearch run {config.source}` first "
+                        f"(or check 'name:' in the config)") from None

@@ -6,18 +6,17 @@ LoRA or swapped reference images do not. Hashes of big files are cached by size 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from zsearch.util.hashing import sha256_of
 from zsearch.util.images import image_files
 
 if TYPE_CHECKING:
     from zsearch.settings.schema import Config
 
-CHUNK = 1 << 22
 
 
 class FileHashes:
@@ -41,13 +40,10 @@ class FileHashes:
         entry = self.known.get(key)
         if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
             return entry["sha256"]
-        digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            while block := handle.read(CHUNK):
-                digest.update(block)
-        self.known[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+        digest = sha256_of(file)
+        self.known[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         self.changed = True
-        return digest.hexdigest()
+        return digest
 
     def save(self) -> None:
         if self.path is None or not self.changed:

@@ -1,21 +1,18 @@
-"""Tiny random judges of the real classes, for the tests and the demo (nothing is downloaded).
-
-- an aesthetic head (the real MLP) for an embedding width of choice;
-- an HPSv2-layout checkpoint (`{"state_dict": ...}`) of a tiny open_clip model;
-- a CSD-layout checkpoint (`{"model_state_dict": {"module.backbone.*", "module.last_layer_style",
-  ...}}`) of a tiny open_clip image tower.
-"""
+"""Tiny random judges of the real classes, for the tests (nothing is downloaded): an aesthetic
+head, HPSv2 and CSD checkpoints in their authors' layouts, and a DINOv2 folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from zsearch.util.atomic import atomic_path
 from zsearch.judges.aesthetic import AestheticHead, save_head
-from zsearch.judges.hps import save_checkpoint
 from zsearch.judges.weights import build_open_clip
 
 TINY_OPEN_CLIP = {
@@ -76,6 +73,41 @@ def build_tiny_csd(folder: Path, seed: int = 0, safetensors: bool = False) -> tu
     return model_name, path
 
 
-def build_demo_judge(path: Path, embed_dim: int) -> Path:
-    """The demo's extra judge: a random aesthetic head for the demo's tiny CLIP (its embedding width)."""
-    return build_tiny_aesthetic(Path(path), embed_dim, seed=12)
+def save_checkpoint(model, path: Path) -> Path:
+    """Write an open_clip model in HPSv2's layout ({"state_dict": ...}, torch.save) — the tiny test model."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {k: v.contiguous() for k, v in model.state_dict().items()}}, tmp)
+    return Path(path)
+
+
+TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   image_size=32, patch_size=8)
+TINY_PROCESSOR = dict(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+
+
+def build_tiny_dino(out_dir: Path, seed: int = 0) -> Path:
+    """Save a tiny random DINOv2 (the real `Dinov2Model` class) and its image processor to `out_dir`.
+
+    Skipped when `out_dir` already holds one; built in a temporary folder and renamed into place, so
+    a crash never leaves half a model. Nothing is downloaded.
+    """
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        torch.manual_seed(seed)
+        Dinov2Model(Dinov2Config(**TINY_CONFIG)).save_pretrained(tmp, safe_serialization=True)
+        BitImageProcessor(**TINY_PROCESSOR).save_pretrained(tmp)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:  # another process finished first
+            if not (out_dir / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
