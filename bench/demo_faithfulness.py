@@ -119,10 +119,10 @@ def main() -> None:
         for threads in args.build_threads:  # build time from scratch (build_demo pins one thread itself)
             start = time.perf_counter()
             import zsearch.demo.build as demo
-            original = demo._one_thread
-            demo._one_thread = lambda n=threads: _threads(n)
+            original = demo.one_thread
+            demo.one_thread = lambda n=threads: _threads(n)
             build_demo(folder / f"build-{threads}")
-            demo._one_thread = original
+            demo.one_thread = original
             print(f"build with {threads} torch thread(s): {time.perf_counter() - start:.1f} s")
         torch.set_num_threads(args.threads)
         start = time.perf_counter()

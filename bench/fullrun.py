@@ -36,9 +36,9 @@ def build_model_folder(folder: Path, device: torch.device, dtype: torch.dtype, s
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from zsearch.demo.build import _tiny_tokenizer  # a local byte-level Qwen2 tokenizer: no download
+    from zsearch.demo.pipeline import tiny_tokenizer  # a local byte-level Qwen2 tokenizer: no download
 
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     text_hidden = 64 if smoke else 2560
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from zsearch.demo.build import CLIP_CONFIG
+from zsearch.demo.spec import CLIP_CONFIG
 
 DEMO_CLIP_WIDTH = CLIP_CONFIG["model_cfg"]["embed_dim"]  # the tiny CLIP's embedding width
 

@@ -11,7 +11,9 @@ import torch
 from safetensors import safe_open
 
 from zsearch.lora.blocks import all_modules
-from zsearch.demo.build import BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_SEEDS, build_demo, build_tiny_pipeline
+from zsearch.demo.spec import BUILD_VERSION, HIDDEN_WEIGHTS, PROMPTS, REFERENCE_SEEDS
+from zsearch.demo.build import build_demo
+from zsearch.demo.pipeline import build_tiny_pipeline
 from zsearch.settings.load import load_config
 from zsearch.lora.read import load_lora
 

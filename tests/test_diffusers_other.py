@@ -19,7 +19,7 @@ MODULES = ["layers.0.attention.to_q", "layers.7.feed_forward.w2", "context_refin
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    from zsearch.demo.build import build_tiny_pipeline
+    from zsearch.demo.pipeline import build_tiny_pipeline
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
 
 

@@ -18,13 +18,13 @@ FIRST = [m.path for m in all_modules() if not (m.block == "layers" and m.index >
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    from zsearch.demo.build import build_tiny_pipeline
+    from zsearch.demo.pipeline import build_tiny_pipeline
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory, pipeline_dir):
-    from zsearch.demo.build import TRANSFORMER_CONFIG
+    from zsearch.demo.spec import TRANSFORMER_CONFIG
     dim = TRANSFORMER_CONFIG["dim"]
     folder = tmp_path_factory.mktemp("loras")
     a = make_random_lora(dim, 4, FIRST, seed=1, alpha=2.0)

@@ -16,7 +16,7 @@ from diffusers import ZImageTransformer2DModel
 from torch._dynamo.utils import counters
 
 from zsearch.lora.blocks import all_modules
-from zsearch.demo.build import TRANSFORMER_CONFIG
+from zsearch.demo.spec import TRANSFORMER_CONFIG
 from zsearch.engine import Engine
 from zsearch.engine.compile import (PAYBACK, SAVED_SECONDS_PER_IMAGE, WARMUP_SECONDS, compile_blocks,
                                     decide_compile, is_compiled, planned_images)

@@ -7,7 +7,7 @@ import torch
 from diffusers import ZImageTransformer2DModel
 from safetensors.torch import save_file
 
-from zsearch.demo.build import TRANSFORMER_CONFIG
+from zsearch.demo.spec import TRANSFORMER_CONFIG
 from zsearch.engine.weighting import attach_loras, choose_way
 from zsearch.errors import UserError
 from zsearch.lora.read import load_lora

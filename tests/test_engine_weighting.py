@@ -17,7 +17,7 @@ from diffusers import ZImageTransformer2DModel
 from torch import nn
 
 from zsearch.lora.blocks import all_modules, parse_module
-from zsearch.demo.build import TRANSFORMER_CONFIG
+from zsearch.demo.spec import TRANSFORMER_CONFIG
 from zsearch.engine.weighting import FusedFromCopy, SidePath, attach_loras, choose_way, recipe_scales
 from zsearch.errors import UserError
 from zsearch.lora.model import Lora, LoraModule

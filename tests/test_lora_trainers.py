@@ -150,7 +150,7 @@ def test_comfyui_extract_node_layout(tmp_path):
 def _peft_folder(tmp_path, **config):
     peft = pytest.importorskip("peft")
     from diffusers import ZImageTransformer2DModel
-    from zsearch.demo.build import TRANSFORMER_CONFIG
+    from zsearch.demo.spec import TRANSFORMER_CONFIG
     torch.manual_seed(0)
     model = ZImageTransformer2DModel(**{**TRANSFORMER_CONFIG, "n_layers": 4})
     targets = ["to_q", "to_k", "to_out.0", "w2", "layers.1.adaLN_modulation.0", "noise_refiner.0.adaLN_modulation.0", "t_embedder.mlp.0", "cap_embedder.1",
@@ -209,7 +209,7 @@ def test_diffusers_save_lora_weights_run_for_real(tmp_path):
     peft = pytest.importorskip("peft")
     from diffusers import ZImagePipeline, ZImageTransformer2DModel
     from peft.utils import get_peft_model_state_dict
-    from zsearch.demo.build import TRANSFORMER_CONFIG
+    from zsearch.demo.spec import TRANSFORMER_CONFIG
     torch.manual_seed(1)
     model = ZImageTransformer2DModel(**{**TRANSFORMER_CONFIG, "n_layers": 3})
     config = peft.LoraConfig(r=4, lora_alpha=12, target_modules=["to_q", "to_v", "w1", "cap_embedder.1"],

@@ -1,6 +1,6 @@
 """The CLIP judge: likeness to the reference images (`style`) and to the prompt (`prompt`).
 
-A wrapper around `engine.scorer.Scorer`; its image embedding is shared through the batch, so
+A wrapper around `judges.openclip.Scorer`; its image embedding is shared through the batch, so
 the aesthetic head (and anything else reading CLIP's image space) costs no second forward.
 """
 

@@ -36,7 +36,7 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
     Kept in `folder` with what they were rendered from; only missing or outdated ones are rendered.
     """
     from zsearch.outputs.grid import job_grid, save_png
-    from zsearch.search.evaluate import make_jobs
+    from zsearch.search.evaluate import Evaluator
     from zsearch.search.session import load_engine, prepare
     from zsearch.study.space import SearchSpace
 
@@ -56,14 +56,9 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
     if todo:
         engine = load_engine(config)
         space = SearchSpace(config)
-        jobs = make_jobs(prompts, seeds, engine.prompts)
-        r = config.render
-        import torch
+        evaluator = Evaluator(config, engine, scorers=None, prompts=prompts, seeds=seeds)
         for trial in todo:
-            engine.set_recipe(space.recipe(trial.params))
-            images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width, height=r.height,
-                                              batch=r.batch, guidance=r.guidance)
-                                for i in range(0, len(jobs), r.batch)]).float().cpu()
+            images = evaluator.render(space.recipe(trial.params))
             save_png(job_grid(images, len(prompts)), paths[trial.number])
             index[str(trial.number)] = {**key, "params": trial.params}
         engine.close()

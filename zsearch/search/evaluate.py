@@ -83,8 +83,6 @@ class Evaluator:
                  seeds: Optional[list[int]] = None):
         self.config = config
         self.engine = engine
-        self.scorer = scorers.clip if scorers else None
-        self.identity = scorers.identity if scorers else None
         self.panel = None
         if scorers is not None:
             from zsearch.judges import build_panel
@@ -99,6 +97,14 @@ class Evaluator:
         if order_seed is not None:
             random.Random(order_seed).shuffle(order)
         return order
+
+    def render(self, recipe: Recipe) -> torch.Tensor:
+        """Every job rendered with `recipe`, unscored, in the canonical order: (N, 3, H, W) on the CPU."""
+        self.engine.set_recipe(recipe)
+        r = self.config.render
+        return torch.cat([self.engine.render(self.jobs[at:at + r.batch], steps=r.steps, width=r.width,
+                                             height=r.height, batch=r.batch, guidance=r.guidance)
+                          for at in range(0, len(self.jobs), r.batch)]).float().cpu()
 
     def evaluate(self, recipe: Recipe, report: Optional[Callable[[int, float], None]] = None,
                  stop: Optional[Callable[[], bool]] = None, order_seed: Optional[int] = None) -> Evaluation:

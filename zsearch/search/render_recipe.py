@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from zsearch.settings.schema import Config
 from zsearch.outputs.grid import job_grid, save_png
 from zsearch.search.evaluate import Evaluator
@@ -16,12 +14,8 @@ def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
     """Render the config's prompts and seeds with `recipe` to PNGs and a grid (`zsearch render`)."""
     from zsearch.engine.render import save_pngs
     engine = Session(config).engine
-    jobs = Evaluator(config, engine, scorers=None).jobs
-    engine.set_recipe(recipe)
-    r = config.render
-    images = torch.cat([engine.render(jobs[i:i + r.batch], steps=r.steps, width=r.width,
-                                      height=r.height, batch=r.batch, guidance=r.guidance)
-                        for i in range(0, len(jobs), r.batch)]).float().cpu()
+    evaluator = Evaluator(config, engine, scorers=None)
+    jobs, images = evaluator.jobs, evaluator.render(recipe)
     paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in jobs]
     out_dir.mkdir(parents=True, exist_ok=True)
     save_pngs(images, paths)
