@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from zsearch.util.atomic import atomic_path
-from zsearch.judges.aesthetic import AestheticHead, save_head
+from zsearch.demo.aesthetic import build_aesthetic_head
 from zsearch.judges.weights import build_open_clip
 
 TINY_OPEN_CLIP = {
@@ -36,11 +36,7 @@ def tiny_open_clip_folder(folder: Path, seed: int = 0) -> str:
 
 def build_tiny_aesthetic(path: Path, input_size: int, seed: int = 0) -> Path:
     """A random aesthetic head (the real MLP, `input_size` wide) as safetensors; kept if present."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    torch.manual_seed(seed)
-    return save_head(AestheticHead(input_size), path)
+    return build_aesthetic_head(path, input_size, seed)
 
 
 def build_tiny_hps(folder: Path, seed: int = 0) -> tuple[str, Path]:

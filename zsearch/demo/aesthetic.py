@@ -9,8 +9,8 @@ import torch
 from zsearch.judges.aesthetic import AestheticHead, save_head
 
 
-def build_demo_judge(path: Path, embed_dim: int, seed: int = 12) -> Path:
-    """A random aesthetic head as wide as the demo CLIP's embedding, as safetensors; kept if present."""
+def build_aesthetic_head(path: Path, embed_dim: int, seed: int = 12) -> Path:
+    """A random aesthetic head `embed_dim` wide (the demo CLIP's embedding), as safetensors; kept if present."""
     path = Path(path)
     if path.is_file():
         return path

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zsearch.demo.aesthetic import build_demo_judge
+from zsearch.demo.aesthetic import build_aesthetic_head
 from zsearch.demo.clip import build_tiny_clip
 from zsearch.demo.files import build_once, lock, one_thread, write_atomic_file
 from zsearch.demo.loras import write_demo_loras
@@ -35,7 +35,7 @@ def build_demo(root: Path) -> DemoAssets:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     assets = demo_assets(root)
-    build_demo_judge(root / "aesthetic-head.safetensors", CLIP_CONFIG["model_cfg"]["embed_dim"])
+    build_aesthetic_head(root / "aesthetic-head.safetensors", CLIP_CONFIG["model_cfg"]["embed_dim"])
     with lock(root / ".lock"), one_thread():
         stamp = root / ".complete"
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from zsearch.engine.device import pick_device
-from zsearch.judges.openclip import preprocess
+from zsearch.judges.openclip import embed_texts_once, preprocess
 from zsearch.judges.base import Batch, Judge
 from zsearch.judges.weights import build_open_clip, load_exactly, read_state_dict, resolve_file
 
@@ -54,12 +54,7 @@ class PreferenceJudge(Judge):
         return {"preference": (image * self._texts(batch.prompts)).sum(dim=1).float()}
 
     def _texts(self, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text]
-        if missing:
-            tokens = self.tokenizer(missing).to(self.device)
-            for prompt, feature in zip(missing, F.normalize(self.model.encode_text(tokens).float(), dim=-1)):
-                self._text[prompt] = feature
-        return torch.stack([self._text[p] for p in prompts])
+        return embed_texts_once(self.model, self.tokenizer, self.device, self._text, prompts)
 
     def describe(self) -> dict:
         return {**super().describe(), "checkpoint": self.source}

@@ -98,12 +98,19 @@ class Scorer:
     @torch.no_grad()
     def embed_texts(self, prompts: list[str]) -> torch.Tensor:
         """Unit-length text embeddings (N, E), each distinct prompt encoded once per Scorer."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            tokens = self.tokenizer(missing).to(self.device)
-            for prompt, feature in zip(missing, F.normalize(self.model.encode_text(tokens).float(), dim=-1)):
-                self._text_cache[prompt] = feature
-        return torch.stack([self._text_cache[p] for p in prompts])
+        return embed_texts_once(self.model, self.tokenizer, self.device, self._text_cache, prompts)
+
+
+@torch.no_grad()
+def embed_texts_once(model, tokenizer, device, cache: dict[str, torch.Tensor], prompts: list[str]) -> torch.Tensor:
+    """Unit-length text embeddings (N, E) of an open_clip model; prompts not in `cache` are encoded
+    (once each) and added to it."""
+    missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+    if missing:
+        tokens = tokenizer(missing).to(device)
+        for prompt, feature in zip(missing, F.normalize(model.encode_text(tokens).float(), dim=-1)):
+            cache[prompt] = feature
+    return torch.stack([cache[p] for p in prompts])
 
 
 def preprocess(images: torch.Tensor, cfg: dict) -> torch.Tensor:
