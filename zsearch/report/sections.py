@@ -54,6 +54,8 @@ def summary(facts: StudyFacts, config_path: str, best_yaml_trial: Optional[int],
     blocks.append(Para(_pareto_sentence(facts) + _gain_sentence(facts) if facts.pareto else _gain_sentence(facts)))
     blocks.append(Para(_noise_sentence(facts, config_path)))
     blocks.append(Para(_validation_sentence(facts, config_path)))
+    if facts.chosen_by == PERSON:
+        blocks.append(Para(f"You chose {_trial(facts.best)} in `zsearch review`; best.* follow your choice."))
     if best_yaml_trial is None:
         blocks.append(Para(f"No best.yaml in {out_dir} yet; `zsearch best {config_path}` writes best.yaml, "
                            f"best.safetensors and best.png."))
@@ -178,9 +180,7 @@ def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
     if v.baseline is not None and chosen is not None:
         text += f" vs {f4(v.baseline)} for plain stacking ({signed(chosen.validation - v.baseline)})"
     text += "."
-    if facts.chosen_by == PERSON:
-        text += f" You chose {_trial(facts.best)} in `zsearch review`; best.* follow your choice."
-    elif facts.train_best is not None and facts.best.number != facts.train_best.number:
+    if facts.chosen_by != PERSON and facts.train_best is not None and facts.best.number != facts.train_best.number:
         lost = facts.validation_row(facts.train_best)
         text += (f" Validation chose it over the training best ({_trial(facts.train_best)}), which scored "
                  f"{f4(lost.train if lost else None)} on training but {f4(lost.validation if lost else None)} "
