@@ -7,6 +7,7 @@ and that ComfyUI logged no "lora key not loaded" (its only sign of a dropped key
 """
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -415,3 +416,28 @@ def test_tuned_weights_without_a_recipe_are_the_widgets():
     tuned = tuned_weights(Path("x.safetensors"), 1.0, {"to_q": 2.0}, {BANDS[0]: 1.0, BANDS[1]: 1.0, BANDS[2]: 0.5}, base)
     assert tuned.ratio == 2.0 and tuned.components["to_q"] == 1.0 and tuned.components["to_k"] == 0.5
     assert tuned.layers == {"0-4": 3.0, "5-19": 1.0, "20-29": 0.5, "context_refiner": 0.1}
+
+
+def test_the_readme_workflow_fits_comfyuis_nodes(comfy):
+    """configs/comfyui_workflow.json (API format): every node exists in ComfyUI or zsearch, every input
+    is declared, every link joins an output to an input of the same type, every fixed choice is valid."""
+    import nodes
+    from zsearch.comfyui import NODE_CLASS_MAPPINGS
+
+    classes = {**nodes.NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
+    workflow = json.loads((Path(__file__).resolve().parents[1] / "configs" / "comfyui_workflow.json").read_text())
+    used = {node["class_type"] for node in workflow.values()}
+    assert {"ZsearchRecipeLoras", "ZsearchLoraBlockWeights"} <= used
+    for number, node in workflow.items():
+        types = classes[node["class_type"]].INPUT_TYPES()
+        declared = {**types["required"], **types.get("optional", {})}
+        assert set(types["required"]) <= set(node["inputs"]), number
+        for name, value in node["inputs"].items():
+            spec = declared[name]
+            if isinstance(value, list):  # a link: [source node, output index]
+                source = classes[workflow[value[0]]["class_type"]]
+                assert source.RETURN_TYPES[value[1]] == spec[0], (number, name)
+            elif name in ("type", "weight_dtype", "sampler_name", "scheduler", "device", "lora"):
+                assert value in spec[0], (number, name, value)
+            elif spec[0] in ("FLOAT", "INT"):
+                assert spec[1].get("min", value) <= value <= spec[1].get("max", value), (number, name)

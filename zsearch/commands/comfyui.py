@@ -6,7 +6,6 @@ custom_nodes/zsearch_nodes/__init__.py, which imports them from the Python that 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ SHIM = ("# zsearch's ComfyUI nodes, written by `zsearch comfyui install`; zsearc
         "from zsearch.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401\n")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub) -> None:
     p = sub.add_parser("comfyui", help="ComfyUI nodes that apply zsearch recipes")
     actions = p.add_subparsers(dest="comfyui_command", required=True, metavar="ACTION")
     install = actions.add_parser("install", help="add zsearch's nodes to a ComfyUI folder (a two-line shim)")
