@@ -39,8 +39,10 @@ def require_comfyui() -> Path:
 
 @contextmanager
 def comfyui_on_path(folder: Path):
-    """ComfyUI first on sys.path while the tests that need it run; its modules (`comfy`, `nodes`,
-    `folder_paths`) stay imported, but later imports of other tests no longer find its folder."""
+    """ComfyUI first on sys.path while the tests that need it run; afterwards its folder is off
+    sys.path and the root logger and environment are as they were."""
+    root = logging.getLogger()
+    handlers, level, environ = list(root.handlers), root.level, dict(os.environ)
     sys.path.insert(0, str(folder))
     try:
         import comfy.cli_args
@@ -49,6 +51,11 @@ def comfyui_on_path(folder: Path):
         yield
     finally:
         sys.path.remove(str(folder))
+        # ComfyUI's module-level logging calls give the root logger a handler; later tests get theirs back
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def unet_config(dim: int = DIM, n_layers: int = 3, n_refiner_layers: int = 2) -> dict:

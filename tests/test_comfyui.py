@@ -193,8 +193,13 @@ def test_other_modules_at_a_width_where_t_embedder_agrees(tmp_path, comfy):
         deltas[path] = T.lora_delta(down, up)
     out = merged(tmp_path, {"o.safetensors": tensors}, "--ratio", "0.8", "--other", "0.5", "--w1", "3")
     wide = H.tiny_model(dim=dim, n_layers=0, n_refiner_layers=0)
-    H.assert_patched(H.base_weights(wide), loaded_by_comfyui(wide, out), {p: 0.4 * d for p, d in deltas.items()},
-                     dim=dim)
+    base, want = H.base_weights(wide), {p: 0.4 * d for p, d in deltas.items()}
+    H.assert_patched(base, loaded_by_comfyui(wide, out), want, dim=dim)
+    # the recipe node on the same file, ComfyUI's own names in it
+    from zsearch.comfyui.nodes import ZImageRecipeLoras
+    (tmp_path / "r.yaml").write_text("loras:\n  - {path: o.safetensors, ratio: 0.8, components: {other: 0.5}}\n")
+    (node,) = ZImageRecipeLoras().apply(wide, str(tmp_path / "r.yaml"))
+    H.assert_patched(base, H.patched_weights(node), want, dim=dim)
 
 
 # -- the nodes ------------------------------------------------------------------------------------
@@ -441,3 +446,32 @@ def test_the_readme_workflow_fits_comfyuis_nodes(comfy):
                 assert value in spec[0], (number, name, value)
             elif spec[0] in ("FLOAT", "INT"):
                 assert spec[1].get("min", value) <= value <= spec[1].get("max", value), (number, name)
+
+
+def test_install_names_the_portable_builds_python(tmp_path, capsys):
+    folder = tmp_path / "ComfyUI_windows_portable" / "ComfyUI"
+    for part in ("comfy", "custom_nodes"):
+        (folder / part).mkdir(parents=True)
+    (folder / "main.py").write_text("")
+    python = tmp_path / "ComfyUI_windows_portable" / "python_embeded" / "python.exe"
+    python.parent.mkdir()
+    python.write_text("")
+    assert main(["comfyui", "install", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"{python} -m pip install" in out and sys.executable in out
+
+
+def test_the_recipe_node_reruns_when_the_recipe_or_its_loras_change(tmp_path):
+    from zsearch.comfyui.nodes import ZImageRecipeLoras
+
+    lora = tmp_path / "a.safetensors"
+    save_file(T.aitk(["layers.0.attention.to_q"])[0], str(lora))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("loras:\n  - {path: a.safetensors, ratio: 1}\n")
+    first = ZImageRecipeLoras.IS_CHANGED(recipe=str(recipe))
+    assert ZImageRecipeLoras.IS_CHANGED(recipe=str(recipe)) == first
+    save_file(T.aitk(["layers.0.attention.to_q", "layers.0.attention.to_k"])[0], str(lora))
+    second = ZImageRecipeLoras.IS_CHANGED(recipe=str(recipe))
+    assert second != first
+    recipe.write_text("loras:\n  - {path: a.safetensors, ratio: 0.5}\n")
+    assert ZImageRecipeLoras.IS_CHANGED(recipe=str(recipe)) != second

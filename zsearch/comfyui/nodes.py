@@ -3,6 +3,7 @@ error dialog naming the file or value and the fix, without zsearch's internals c
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,14 +76,20 @@ class ZImageRecipeLoras:
 
     @classmethod
     def IS_CHANGED(cls, model=None, recipe="", strength=1.0):
-        return _stamp(recipe)
+        try:
+            loras = [str(lw.path) for lw in load_recipe(user_path(recipe, "recipe")).loras]
+        except UserError:
+            loras = []  # the run itself will say what is wrong
+        return _stamp(recipe, *loras)
 
     def apply(self, model, recipe, strength=1.0):
         with _one_line():
             parsed = load_recipe(user_path(recipe, "recipe"))
             loras = load_loras([lw.path for lw in parsed.loras])
             scales = [lw.module_scales(lora.modules) for lw, lora in zip(parsed.loras, loras)]
-            return (add_weighted_loras(model, loras, scales, strength),)
+            patched = add_weighted_loras(model, loras, scales, strength)
+        logging.info("zsearch: %s: %d LoRA(s) patched at the recipe's weights x %g", recipe.strip(), len(loras), strength)
+        return (patched,)
 
 
 def _lora_choices() -> list[str]:
