@@ -15,7 +15,7 @@ from zsearch import __version__
 from zsearch.errors import UserError
 
 # Sub-command modules; each has `register(subparsers)` that sets `func` on its parser.
-COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools", "review")
+COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools", "review", "comfyui")
 
 
 class OneLineParser(argparse.ArgumentParser):
