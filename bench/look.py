@@ -37,6 +37,8 @@ from zsearch.engine.weighting import recipe_scales
 from zsearch.lora.synth import make_random_lora, save_in_format
 from zsearch.lora.recipe import LoraWeights, Recipe
 from zsearch.study.space import SearchSpace
+from zsearch.judges.base import Batch, Judge, Panel
+from zsearch.search.evaluate import Scorers
 
 DIM, RANK, LOOK = 16, 2, 16  # model width, LoRA rank, look dimensions
 SIDE = 8  # "images" are 3×8×8
@@ -121,17 +123,21 @@ class LookEngine:
         return torch.stack(out)
 
 
-class LookJudge:
-    """The Scorer interface (score(images, prompts) -> {"style", "prompt"}): reads the look."""
+class LookJudge(Judge):
+    """A Judge (terms style and prompt): reads the look."""
+
+    name = "look"
+    terms = ("style", "prompt")
 
     def __init__(self, engine: LookEngine, references: torch.Tensor):
-        self.engine = engine
+        self.engine, self.device = engine, engine.device
         self.centroid = self.read(references).mean(0)
 
     def read(self, images: torch.Tensor) -> torch.Tensor:
         return images.flatten(1) @ self.engine.patterns
 
-    def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def score(self, batch: Batch) -> dict[str, torch.Tensor]:
+        images, prompts = batch.images, batch.prompts
         distance = (self.read(images) - self.centroid).pow(2).sum(1) / LOOK
         templates = self.engine.templates[[self.engine.prompts.index(p) for p in prompts]]
         prompt = torch.nn.functional.cosine_similarity(images.flatten(1), templates, dim=1)
@@ -147,6 +153,9 @@ class Problem:
     w_star: Recipe
     distance: WeightDistance
     baseline_distance: float
+
+    def scorers(self) -> Scorers:
+        return Scorers(self.judge, panel=Panel([self.judge]))
 
     def d(self, params: dict) -> float:
         return self.distance(weighting_scales(self.space.recipe(params), self.engine.loras))

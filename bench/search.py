@@ -35,7 +35,7 @@ import look  # noqa: E402
 from zsearch.search import pruning
 
 from zsearch.study import records
-from zsearch.search.evaluate import Evaluator, Scorers  # noqa: E402
+from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.study.storage import STARTUP, STARTUP_TRIALS, make_pruner, make_sampler  # noqa: E402
 
 DISTANCE_FRACTION = 0.3
@@ -74,7 +74,7 @@ def images_to_target(problem, variant: str, seed: int, budget: int) -> tuple[int
     config.search.sampler = sampler
     config.search.prune = mode != "off"
     counter = Counting(problem.engine)
-    evaluator = Evaluator(config, counter, Scorers(problem.judge))
+    evaluator = Evaluator(config, counter, problem.scorers())
     study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space), startup, startup_trials),
                                 pruner=make_pruner(config))
     study.enqueue_trial(space.baseline(), user_attrs={records.ROLE: records.BASELINE_ROLE})
@@ -145,7 +145,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         problem = look.build(Path(folder))
-        evaluator = Evaluator(problem.config, problem.engine, Scorers(problem.judge))
+        evaluator = Evaluator(problem.config, problem.engine, problem.scorers())
         problem.star_score = evaluator.evaluate(problem.w_star).value
         baseline = evaluator.evaluate(problem.space.recipe(problem.space.baseline())).value
         print(f"{datetime.date.today()}: known optimum w* scores {problem.star_score:.4f}, baseline {baseline:.4f} "
