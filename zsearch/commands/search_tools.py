@@ -60,13 +60,19 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_render)
 
 
+def _summary(config, trial) -> str:
+    """The best and its files, then the trial counts and what to do next (report/advice.py)."""
+    from zsearch.report.advice import summary_lines
+    return best_summary(config, trial) + "".join(f"\n  {line}" for line in summary_lines(config))
+
+
 def cmd_run(args) -> int:
     from zsearch.search.run import run
     config = load_for_rendering(args.config)
     if args.trials is not None and args.trials < 1:
         raise UserError("--trials must be at least 1")
     trial = run(config, trials=args.trials, show_progress=not args.no_progress)
-    print(best_summary(config, trial))
+    print(_summary(config, trial))
     return 0
 
 
@@ -78,7 +84,7 @@ def cmd_best(args) -> int:
     check_inputs(config)
     check_writable_folder(config.out_dir, f"{config.source}: output")
     check_fingerprint(config, study)  # a changed config would map the trials' params wrongly
-    print(best_summary(config, export_best(config, study, artifact_store(config), force=True)))
+    print(_summary(config, export_best(config, study, artifact_store(config), force=True)))
     return 0
 
 
@@ -86,7 +92,7 @@ def cmd_validate(args) -> int:
     from zsearch.search.validate import validate_study
     config = load_for_rendering(args.config)
     open_existing_study(config)
-    print(best_summary(config, validate_study(config)))
+    print(_summary(config, validate_study(config)))
     return 0
 
 

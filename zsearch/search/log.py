@@ -49,12 +49,22 @@ def logging_to(config: Config) -> Iterator[None]:
         to_file.close()
 
 
+def trial_marker(trial: optuna.trial.FrozenTrial) -> str:
+    """' [partial: stopped after 4 of 12 jobs; stand-in score]' for a trial the pruner stopped, else ''."""
+    note = trial.user_attrs.get(records.STOPPED_NOTE)
+    if trial.state == TrialState.COMPLETE and records.is_partial(trial):
+        return f" [{note or 'partial: stopped early'}; stand-in score]"
+    if trial.state == TrialState.PRUNED and note:
+        return f" [{note}]"
+    return ""
+
+
 def log_trial(trial: optuna.trial.FrozenTrial, best) -> None:
-    if trial.state == TrialState.COMPLETE:
-        log.info("trial %d: score %.5f (best %.5f, trial %d) %s", trial.number, trial_score(trial),
-                 trial_score(best), best.number, trial.user_attrs.get(records.SECONDS))
+    if trial.state == TrialState.COMPLETE and best is not None:
+        log.info("trial %d: score %.5f%s (best %.5f, trial %d) %s", trial.number, trial_score(trial),
+                 trial_marker(trial), trial_score(best), best.number, trial.user_attrs.get(records.SECONDS))
     else:
-        log.info("trial %d: %s %s", trial.number, trial.state.name.lower(),
+        log.info("trial %d: %s%s %s", trial.number, trial.state.name.lower(), trial_marker(trial),
                  trial.user_attrs.get(records.FAIL_REASON, ""))
 
 

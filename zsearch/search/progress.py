@@ -32,11 +32,12 @@ class Progress:
             return max(0.0, min(by_trials, self.deadline - time.time()))
         return by_trials
 
-    def update(self, done: int, best: Optional[float]) -> None:
+    def update(self, done: int, best: Optional[float], stopped_early: int = 0) -> None:
         ran = done - self.start_done
         per_trial = (time.time() - self.started) / ran if ran > 0 else None
         eta = self.eta_seconds(done)
         parts = [f"best {best:.4f}" if best is not None else "best -",
+                 f"{stopped_early} stopped early" if stopped_early else "",
                  f"{per_trial:.1f} s/trial" if per_trial else "",
                  f"ETA {_clock(eta)}" if eta is not None else ""]
         self.bar.set_postfix_str(" · ".join(p for p in parts if p), refresh=False)

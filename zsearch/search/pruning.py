@@ -41,9 +41,27 @@ def evaluate_trial(trial: optuna.Trial, evaluator: Evaluator, recipe, prunable: 
 
     evaluation = evaluator.evaluate(recipe, report=lambda step, score: trial.report(score, step=step),
                                     stop=stop, order_seed=trial.number)
+    if stopped:
+        mark_stopped(trial, evaluation.jobs_run, len(evaluation.jobs), on_stop)
     if stopped and on_stop == PRUNED:
         raise optuna.TrialPruned(f"pruned after {evaluation.jobs_run} of {len(evaluation.jobs)} jobs")
     return evaluation
+
+
+def mark_stopped(trial: optuna.Trial, jobs_run: int, jobs: int, on_stop: str = ON_STOP) -> None:
+    """Say on the trial, where the dashboard shows it, that it was stopped early: a user attribute
+    ("partial: stopped after k of n jobs") and the trial's note."""
+    note = records.stopped_note(jobs_run, jobs)
+    trial.set_user_attr(records.STOPPED_NOTE, note)
+    why = ("Its value is a stand-in: the best trial's score plus the paired mean difference on those jobs, "
+           "capped just below the best. The sampler learns from it that this region is worse; it is never "
+           "picked as the best, validated, nor ranked in the report's importance."
+           if on_stop == PARTIAL else "Optuna keeps it as PRUNED.")
+    try:
+        from optuna_dashboard import save_note
+        save_note(trial, f"**{note}** (the pruner judged it worse than the best trial).\n\n{why}\n")
+    except Exception:  # noqa: BLE001 - the note is for people; the attribute above says the same
+        pass
 
 
 def partial_value(jobs: list[float], reference_jobs: Optional[list[float]], reference_value: Optional[float]) -> float:

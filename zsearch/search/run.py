@@ -104,7 +104,8 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
         if best is not None and best.number == trial.number:
             export_best(config, study, store)
         log_trial(trial, best)
-        progress.update(finished_count(study), trial_score(best) if best else None)
+        progress.update(finished_count(study), trial_score(best) if best else None,
+                        records.count_trials(study.get_trials(deepcopy=False)).stopped_early)
         fails[:] = [*fails, trial.user_attrs.get(records.FAIL_REASON, "error")] if trial.state == TrialState.FAIL else []
 
     screened = False

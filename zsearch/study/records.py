@@ -365,3 +365,54 @@ def write_screening(study, rows: dict[str, ScreenRow]) -> None:
 
 def frozen_params(study) -> set[str]:
     return {name for name, row in read_screening(study).items() if row.frozen}
+
+
+# ------------------------------------------------------------ counts: computed once, worded one way
+
+STOPPED_NOTE = "stopped_early"  # on a trial the pruner stopped: "partial: stopped after k of n jobs"
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """How many trials are in each state; every summary, table and progress line reads these."""
+
+    complete: int  # fully evaluated (the only trials that can be a best)
+    partial: int  # stopped early by the pruner, stored COMPLETE with a stand-in score
+    pruned: int  # stopped early and stored PRUNED (older studies)
+    failed: int
+    running: int = 0
+    waiting: int = 0
+    screening: int = 0  # of the complete ones
+
+    @property
+    def stopped_early(self) -> int:
+        return self.partial + self.pruned
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.stopped_early + self.failed
+
+
+def count_trials(trials: Iterable[FrozenTrial]) -> TrialCounts:
+    trials = list(trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    partial = sum(is_partial(t) for t in complete)
+    return TrialCounts(
+        complete=len(complete) - partial, partial=partial,
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+        running=sum(t.state == TrialState.RUNNING for t in trials),
+        waiting=sum(t.state == TrialState.WAITING for t in trials),
+        screening=sum(is_screening(t) and not is_partial(t) for t in complete))
+
+
+def count_words(counts: TrialCounts) -> str:
+    """'12 complete, 48 stopped early, 0 failed' (and the running and waiting ones, if any)."""
+    text = f"{counts.complete} complete, {counts.stopped_early} stopped early, {counts.failed} failed"
+    if counts.running or counts.waiting:
+        text += f", {counts.running} running, {counts.waiting} waiting"
+    return text
+
+
+def stopped_note(jobs_run: int, jobs: int) -> str:
+    return f"partial: stopped after {jobs_run} of {jobs} jobs"
