@@ -176,7 +176,7 @@ def test_report_from_a_full_study_has_every_section_and_the_study_s_numbers(tmp_
     row = next(r for r in validation["rows"] if r["trial"] == chosen.number)
     assert _number_after(text, "validation score (best)") == pytest.approx(row["validation"], abs=5e-5)
     assert _number_after(text, "validation score (baseline)") == pytest.approx(validation["baseline"], abs=5e-5)
-    counts = re.search(r"\| trials complete / pruned / failed \| (\d+) / (\d+) / (\d+) \|", text).groups()
+    counts = re.search(r"\| trials \| (\d+) complete, (\d+) stopped early, (\d+) failed \|", text).groups()
     assert tuple(map(int, counts)) == (len(complete), 2, 1)
     assert "CUDA out of memory even at batch size 1 ×1" in text
     wall = (max(t.datetime_complete for t in trials if t.datetime_complete)
@@ -189,14 +189,21 @@ def test_report_from_a_full_study_has_every_section_and_the_study_s_numbers(tmp_
     assert f"Validation chose it over the training best (trial {train_best.number})" in text
 
     # Importance: PED-ANOVA ranks the parameters that matter above the ones that do not.
-    ranked = re.search(r"ranks highest: (.*?);", text).group(1)
-    assert ranked.split(" (")[0] in ("a.ratio", "a.attn")
+    ranked = re.search(r"sum to 1\) ranks: (.*?)\. Each figure", text).group(1)
+    assert ranked.split(" ")[0] in ("a.ratio", "a.attn")
     # Screening: the layer bands have no effect, so they were frozen, left out of the main search
     # and of the importance, and the report says so.
     assert "2 stayed within the noise band and were frozen at their baseline value for the main search: " \
            "a.layers.0-9, a.layers.10-19" in text
     assert "Parameters frozen by screening are not ranked (2: a.layers.0-9, a.layers.10-19)" in text
     assert "a.layers" not in ranked
+    # The train-vs-validation sentence: plain signed words, no double negatives.
+    tops = [r for r in validation["rows"] if not r["baseline"]]
+    base_row = next(r for r in validation["rows"] if r["baseline"])
+    mean_gap = sum(r["train"] - r["validation"] for r in tops) / len(tops)
+    assert (f"Held out, the top {len(tops)} trials score on average {mean_gap:.4f} lower than in training; the "
+            f"baseline scores {base_row['train'] - base_row['validation']:.4f} lower than in training.") in text
+    assert "lose -" not in text and "loses" not in text
     # The train-vs-validation table lists every validated trial.
     for r in validation["rows"]:
         assert re.search(rf"\| {r['trial']} \| (baseline|top trial) \| {r['train']:.4f} \| {r['validation']:.4f} \|",
@@ -227,7 +234,7 @@ def test_a_study_with_no_completed_trial_still_reports(tmp_path):
     text = write_report(config).read_text()
     for heading in HEADINGS.values():
         assert f"\n## {heading}\n" in text
-    assert "no trials yet" in text and "Not enough complete trials (0)" in text
+    assert "no trials yet" in text and "Not enough complete search trials (0)" in text
 
 
 def test_a_pareto_study_plots_its_front(tmp_path):
@@ -356,3 +363,23 @@ def test_the_summary_states_the_paired_gain_its_interval_and_a_verdict(tmp_path)
     assert (f"Paired job by job with the baseline over 6 held-out jobs (prompt × seed), the gain is {c.gain:+.4f} "
             f"(95 % interval {c.low:+.4f} to {c.high:+.4f}; signed-rank p = {c.p:.3g}): conclusive") in text
     assert "| verdict | conclusive (on validation jobs) |" in text
+
+
+def test_validation_that_held_up_better_than_the_baseline_is_said_so(tmp_path):
+    """Top trials scoring higher held out than in training, beyond the noise: the report says they
+    held up better (not that a negative difference is "within the noise")."""
+    config, _ = _config(tmp_path, name="heldup")
+    study = build_study(config, n_trials=12, screening=False, validation=False)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    base = next(t for t in complete if t.user_attrs.get("role") == "baseline")
+    tops = sorted((t for t in complete if t is not base), key=lambda t: -t.value)[:2]
+    rows = [{"trial": base.number, "train": base.value, "validation": base.value - 0.002, "baseline": True}]
+    rows += [{"trial": t.number, "train": t.value, "validation": t.value + 0.004, "baseline": False} for t in tops]
+    study.set_user_attr("validation", {"chosen": tops[0].number, "rows": rows, "seeds": [7], "prompts": 2})
+    text = write_report(config).read_text()
+    std = study.user_attrs["noise"]["std"]
+    assert 0.006 > std
+    assert ("Held out, the top 2 trials score on average 0.0040 higher than in training; the baseline scores "
+            "0.0020 lower than in training.") in text
+    assert f"The top trials held up better than the baseline, by 0.0060 (more than the noise σ, {std:.4f})" in text
+    assert "within the noise" not in text.split("## Train vs validation")[1]

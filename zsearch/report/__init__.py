@@ -19,39 +19,32 @@ from typing import Optional
 import optuna
 
 from zsearch.settings.schema import Config
-from zsearch.report import sections, terms
+from zsearch.report import importance, sections, terms
 from zsearch.study.storage import open_existing_study
 from zsearch.outputs.best import read_best_info
-from zsearch.report.facts import StudyFacts, gather, is_screening
+from zsearch.report.facts import StudyFacts, gather, is_screening, trial_score
 from zsearch.report.page import Heading, Para, to_html, to_markdown
 
 __all__ = ["write_report", "open_existing_study", "param_importances"]
 
 
-def param_importances(study: optuna.Study, facts: StudyFacts) -> tuple[Optional[dict[str, float]], Optional[str]]:
-    """PED-ANOVA importances over the search's complete trials (screening trials left out).
-
-    Screening trials sit on the axes of the space (one parameter moved at a time); they would
-    bias a density comparison, so the importance is computed on a copy without them.
-    Returns (importances, None), (None, None) when there are too few trials, or (None, reason).
-    """
-    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
-
+def param_importances(study: optuna.Study, facts: StudyFacts) -> tuple[Optional[dict], Optional[str]]:
+    """PED-ANOVA importances with bootstrap intervals ({name: importance.Estimate}) over the complete
+    search trials: partial trials (stand-in scores) and screening trials are left out
+    (importance.py says why). Returns (estimates, None), (None, None) when there are too few
+    trials, or (None, reason)."""
     trials = [t for t in facts.complete if t.params and not is_screening(t)]
     if len(trials) < 2:
         return None, None
-    copy = optuna.create_study(directions=study.directions)
-    copy.add_trials(trials)
+    score = facts.weighted if facts.pareto else trial_score
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "too few trials" warnings: the text says so instead
-            result = get_param_importances(copy, evaluator=PedAnovaImportanceEvaluator())
+        result = importance.importances(importance.scored(trials, score))
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
         return None, f"{exc.__class__.__name__}: {first}"
     # Parameters frozen by screening were not searched afterwards: an importance means nothing for them.
     frozen = {name for name, row in facts.screening.items() if row.frozen}
-    return {name: float(value) for name, value in result.items() if name not in frozen}, None
+    return {name: value for name, value in result.items() if name not in frozen}, None
 
 
 def _best_yaml_trial(folder: Path) -> Optional[int]:

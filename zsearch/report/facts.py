@@ -8,7 +8,7 @@ treated as absent rather than crashing the morning's reading.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import optuna
@@ -40,12 +40,19 @@ class StudyFacts:
     best: Optional[FrozenTrial]  # what best.* hold: the validation's choice when it is current
     validation_current: bool  # validation covers the training best
     chosen_by: str = "training score"  # how the best was chosen (study/choice.py)
-    counts: dict[str, int] = field(default_factory=dict)
+    tally: records.TrialCounts = records.TrialCounts(0, 0, 0, 0)  # every count the report states
+    counts: dict[str, int] = field(default_factory=dict)  # the same, as a dict
     screening_trials: int = 0
     wall_seconds: Optional[float] = None
     trial_seconds: Optional[float] = None  # mean duration of a complete trial
     workers: int = 0
     fail_reasons: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # each parameter's searched range
+
+    @property
+    def run(self) -> list[FrozenTrial]:
+        """The trials that ran to an end or were stopped early, by number (failed ones left out)."""
+        return [t for t in self.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
     @property
     def complete(self) -> list[FrozenTrial]:
@@ -118,7 +125,18 @@ def gather(study: optuna.Study, objective_weights: tuple[float, float] = (1.0, 0
         facts.train_best, facts.best = choice.train_best, choice.trial
         facts.validation_current, facts.chosen_by = choice.validation_current, choice.by
     _timing(facts)
+    facts.ranges = {**facts.space, **search_ranges(trials)}
     return facts
+
+
+def search_ranges(trials: list[FrozenTrial]) -> dict[str, tuple[float, float]]:
+    """Each numeric parameter's [low, high] as the study's distributions declare it."""
+    out: dict[str, tuple[float, float]] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            if name not in out and hasattr(dist, "low") and hasattr(dist, "high"):
+                out[name] = (float(dist.low), float(dist.high))
+    return out
 
 
 def _metric_names(study: optuna.Study, pareto: bool) -> list[str]:
@@ -142,12 +160,9 @@ def _prompts(fingerprint: Any) -> list[str]:
 
 
 def _timing(facts: StudyFacts) -> None:
-    states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
-              "running": TrialState.RUNNING, "waiting": TrialState.WAITING}
-    facts.counts = {key: sum(t.state == state for t in facts.trials) for key, state in states.items()}
-    facts.counts["partial"] = len(facts.partial)
-    facts.counts["complete"] -= facts.counts["partial"]
-    facts.screening_trials = sum(is_screening(t) for t in facts.trials if t.state == TrialState.COMPLETE)
+    facts.tally = records.count_trials(facts.trials)
+    facts.counts = asdict(facts.tally)
+    facts.screening_trials = facts.tally.screening
     starts = [t.datetime_start for t in facts.trials if t.datetime_start]
     ends = [t.datetime_complete for t in facts.trials if t.datetime_complete]
     if starts and ends:

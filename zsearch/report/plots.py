@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
+from zsearch.study import records
 from zsearch.util.atomic import atomic_path
 from zsearch.report.facts import StudyFacts, is_screening, trial_score
 
@@ -40,6 +41,17 @@ def _baseline_band(ax, facts: StudyFacts, horizontal: bool = True) -> None:
         span(base - s, base + s, color="grey", alpha=0.25, lw=0, label=f"baseline ± seed noise (σ {s:.4f})")
 
 
+def _mean_so_far(trial: FrozenTrial):
+    """A trial stopped early: the mean of the jobs it ran (not its stand-in score); else None."""
+    if trial.state == TrialState.COMPLETE and records.is_partial(trial):
+        ran = [x for x in records.job_scores(trial) or [] if x == x]
+    elif trial.state == TrialState.PRUNED:
+        ran = list(trial.intermediate_values.values())
+    else:
+        return None
+    return sum(ran) / len(ran) if ran else None
+
+
 def history(facts: StudyFacts, path: Path) -> bool:
     """Score per trial, the running best, the baseline with its noise band, validation scores."""
     complete = sorted(facts.complete, key=lambda t: t.number)
@@ -55,11 +67,10 @@ def history(facts: StudyFacts, path: Path) -> bool:
     if screens:
         ax.scatter([t.number for t in screens], [trial_score(t) for t in screens], s=14, color="tab:grey",
                    marker="s", label="screening trial", zorder=3)
-    pruned = [t for t in facts.trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    if pruned:
-        partial = [sum(t.intermediate_values.values()) / len(t.intermediate_values) for t in pruned]
-        ax.scatter([t.number for t in pruned], partial, s=18, marker="x", color="tab:orange",
-                   label="pruned (score so far)", zorder=3)
+    stopped = [(t.number, m) for t in facts.trials if (m := _mean_so_far(t)) is not None]
+    if stopped:
+        ax.scatter([n for n, _ in stopped], [m for _, m in stopped], s=18, marker="x", color="tab:orange",
+                   label="stopped early (mean of the jobs it ran)", zorder=3)
     best, xs, ys = -math.inf, [], []
     for t in complete:
         best = max(best, trial_score(t))
@@ -110,17 +121,19 @@ def pareto(facts: StudyFacts, front: list[FrozenTrial], path: Path) -> bool:
     return True
 
 
-def importance(importances: dict[str, float], path: Path) -> bool:
-    if not importances:
+def importance(estimates: dict, path: Path) -> bool:
+    """Bars of importance.Estimate values with their bootstrap intervals as error bars."""
+    if not estimates:
         return False
-    top = list(importances.items())[:MAX_BARS]
+    top = list(estimates.items())[:MAX_BARS][::-1]
     fig = Figure(figsize=(8, 0.8 + 0.28 * len(top)))
     ax = fig.add_subplot()
-    names = [name for name, _ in top][::-1]
-    values = [value for _, value in top][::-1]
-    ax.barh(names, values, color="tab:blue")
-    ax.set_xlabel("importance (PED-ANOVA, sums to 1)")
-    hidden = len(importances) - len(top)
+    names = [name for name, _ in top]
+    values = [e.value for _, e in top]
+    errors = [[max(0.0, e.value - e.low) for _, e in top], [max(0.0, e.high - e.value) for _, e in top]]
+    ax.barh(names, values, xerr=errors, color="tab:blue", ecolor="black", capsize=2)
+    ax.set_xlabel("importance (PED-ANOVA over the complete trials, sums to 1); whiskers: 90 % bootstrap interval")
+    hidden = len(estimates) - len(top)
     ax.set_title("Parameter importance" + (f" (top {len(top)}; {hidden} more not shown)" if hidden else ""))
     ax.tick_params(axis="y", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
@@ -130,10 +143,19 @@ def importance(importances: dict[str, float], path: Path) -> bool:
 
 def slices(facts: StudyFacts, names: list[str], path: Path) -> bool:
     """Small multiples: score against each parameter's value, coloured by trial number."""
+    fig = slices_figure(facts, names)
+    if fig is None:
+        return False
+    _save(fig, path)
+    return True
+
+
+def slices_figure(facts: StudyFacts, names: list[str]):
+    """The slice plots' figure (one axes per parameter, x over its whole search range), or None."""
     complete = [t for t in facts.complete if t.params]
     names = [n for n in names if any(n in t.params for t in complete)][:MAX_SLICES]
     if not names:
-        return False
+        return None
     cols = min(6, len(names))
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(max(2.3 * cols, 6.0), 2.0 * rows + 0.5))
@@ -150,12 +172,18 @@ def slices(facts: StudyFacts, names: list[str], path: Path) -> bool:
             ax.axhline(base_score, color="black", lw=0.6, ls=":")
         if facts.best is not None and name in facts.best.params:
             ax.scatter([facts.best.params[name]], [score(facts.best)], s=60, marker="*", color="red", zorder=4)
+        if name in facts.ranges:  # the whole range searched: a best at an end shows as one
+            low, high = facts.ranges[name]
+            pad = 0.03 * (high - low)
+            ax.set_xlim(low - pad, high + pad)
+            for end in (low, high):
+                ax.axvline(end, color="grey", lw=0.6)
         ax.set_title(name, fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.suptitle("Score vs each parameter\ndashed: baseline value · dotted: baseline score · ★ best · "
-                 "colour: trial number (dark = early)", fontsize=8)
-    _save(fig, path)
-    return True
+    fig.suptitle("Score of each complete trial vs each parameter, over its search range (grey: the range's ends)\n"
+                 "dashed: baseline value · dotted: baseline score · ★ best · colour: trial number (dark = early)",
+                 fontsize=8)
+    return fig
 
 
 def screening(facts: StudyFacts, path: Path) -> bool:

@@ -15,7 +15,8 @@ from zsearch.study import records
 
 from zsearch.study import stats
 from zsearch.study.choice import PERSON
-from zsearch.report import plots
+from zsearch.report import advice, plots
+from zsearch.report import importance as ranking
 from zsearch.report.facts import StudyFacts, duration, trial_score
 from zsearch.report.page import Block, Heading, Image, Para, Table
 
@@ -63,27 +64,27 @@ def summary(facts: StudyFacts, config_path: str, best_yaml_trial: Optional[int],
         note = "" if best_yaml_trial == facts.best.number else (
             f" (this report's pick is trial {facts.best.number}; `zsearch best {config_path}` brings them up to date)")
         blocks.append(Para(f"best.yaml and best.safetensors in {out_dir} hold trial {best_yaml_trial}{note}."))
+    advice_text = advice.advise(facts, config_path)
+    if advice_text:
+        blocks.append(Para("**What next:** " + " ".join(advice_text)))
     blocks.append(_key_numbers(facts))
     return blocks
 
 
 def _trials_sentence(facts: StudyFacts) -> str:
-    c = facts.counts
-    finished = c["complete"] + c.get("partial", 0) + c["pruned"] + c["failed"]
+    c = facts.tally
     if not facts.trials:
         return f"Study `{facts.name}` has no trials yet."
-    parts = [f"{c['complete']} complete" + (f" ({facts.screening_trials} of them screening)"
-                                            if facts.screening_trials else ""),
-             f"{c['pruned']} pruned", f"{c['failed']} failed"]
-    if c.get("partial"):
-        parts.insert(1, f"{c['partial']} stopped early by the pruner (kept as partial: the sampler learns from "
-                        f"them, they are never picked)")
-    text = f"Study `{facts.name}`: {finished} trials finished — {', '.join(parts)}"
+    text = f"Study `{facts.name}`: {c.finished} trials finished — {records.count_words(c)}"
     if facts.fail_reasons:
-        text += " (" + "; ".join(f"{reason} ×{n}" for reason, n in facts.fail_reasons.items()) + ")"
+        text += " (failed: " + "; ".join(f"{reason} ×{n}" for reason, n in facts.fail_reasons.items()) + ")"
     text += "."
-    if c["running"] or c["waiting"]:
-        text += f" {c['running']} running and {c['waiting']} waiting."
+    if c.screening:
+        text += f" {c.screening} of the complete trials are screening trials."
+    if c.stopped_early:
+        text += (f" A trial stopped early ran only some of its jobs before the pruner judged it worse than the best: "
+                 f"its score is a stand-in, so it is never picked, validated, ranked for importance or drawn in the "
+                 f"slice plots.")
     text += f" Time spent: {duration(facts.wall_seconds)} of wall time"
     if facts.trial_seconds is not None:
         text += f", {duration(facts.trial_seconds)} per complete trial"
@@ -206,9 +207,7 @@ def _key_numbers(facts: StudyFacts) -> Table:
         ["verdict", f"{comparison.verdict} (on {where} jobs)" if comparison else "n/a"],
         ["validation score (best)", f4(chosen.validation) if chosen else "n/a"],
         ["validation score (baseline)", f4(facts.validation.baseline) if facts.validation else "n/a"],
-        ["trials complete / pruned / failed",
-         f"{facts.counts['complete']} / {facts.counts['pruned'] + facts.counts.get('partial', 0)} / "
-         f"{facts.counts['failed']}"],
+        ["trials", records.count_words(facts.tally)],
         ["wall time", duration(facts.wall_seconds)],
     ]
     return Table(["", "value"], rows)
@@ -233,10 +232,12 @@ def history(facts: StudyFacts, folder: Path, front: list[FrozenTrial]) -> list[B
     text = ("Each dot is one complete trial's score; the red line is the best so far, the dashed line the "
             "baseline (plain stacking)")
     text += " and the grey band its ±1σ seed noise." if facts.noise else "."
-    if facts.train_best is not None:
-        since = sum(1 for t in complete if t.number > facts.train_best.number)
-        text += (f" The best training score was reached at trial {facts.train_best.number}; "
-                 f"{since} complete trial{'s' if since != 1 else ''} since brought no improvement.")
+    if facts.partial:
+        text += (f" Orange crosses: the {len(facts.partial)} trials stopped early, at the mean of the jobs they ran "
+                 f"(not comparable with complete trials' scores).")
+    progress = advice.progression(facts.run, facts.train_best)
+    if progress is not None:
+        text += " " + advice.progression_sentence(progress)
     base = facts.score(facts.baseline)
     if base is not None:
         threshold = base + (facts.noise.std if facts.noise else 0.0)
@@ -248,32 +249,44 @@ def history(facts: StudyFacts, folder: Path, front: list[FrozenTrial]) -> list[B
 
 # ---------------------------------------------------------------- importance
 
-def importance(facts: StudyFacts, folder: Path, importances: Optional[dict[str, float]],
-               error: Optional[str]) -> list[Block]:
+def importance(facts: StudyFacts, folder: Path, estimates: Optional[dict], error: Optional[str]) -> list[Block]:
+    """PED-ANOVA over the full search trials, each importance with its bootstrap interval."""
     blocks: list[Block] = [Heading(2, HEADINGS["importance"])]
-    n = len(facts.complete)
+    n = sum(1 for t in facts.complete if t.params and not records.is_screening(t))
     if error is not None:
         return blocks + [Para(f"Parameter importance could not be computed: {error}.")]
-    if not importances:
-        return blocks + [Para(f"Not enough complete trials ({n}) to estimate parameter importance; "
+    if not estimates:
+        return blocks + [Para(f"Not enough complete search trials ({n}) to estimate parameter importance; "
                               f"it needs at least 2, and {MIN_TRIALS_FOR_IMPORTANCE} for a stable ranking.")]
-    plots.importance(importances, folder / "importance.png")
-    total = sum(importances.values())
-    if total <= 0:
-        text = (f"Over {n} complete trials PED-ANOVA found no parameter that sets the top 10 % of trials apart "
-                f"(every importance is 0): too few trials, or a flat score.")
+    plots.importance(estimates, folder / "importance.png")
+    left_out = [f"{facts.tally.stopped_early} stopped early (their scores are stand-ins)" if facts.tally.stopped_early
+                else "", f"{facts.tally.screening} screening trials (on the axes of the space)" if facts.tally.screening
+                else ""]
+    left_out = [x for x in left_out if x]
+    text = (f"Over the {n} complete search trials" + (f", leaving out {' and '.join(left_out)}" if left_out else "")
+            + ", PED-ANOVA (how differently each parameter is distributed in the top 10 % of trials than in the "
+              "rest; the importances sum to 1) ranks: " + ranking.describe(estimates)
+            + f". Each figure is the median over {ranking.RESAMPLES} resamples of those trials (drawn again with "
+              f"replacement), in brackets its {ranking.LEVEL * 100:.0f} % interval. ")
+    settled = ranking.settled_leaders(estimates)
+    first = next(iter(estimates))
+    if sum(e.value for e in estimates.values()) <= 0:
+        text += "Every importance is 0: no parameter sets the top trials apart (too few trials, or a flat score)."
+    elif settled == 0:
+        rivals = [name for name, e in estimates.items() if name != first and e.high >= estimates[first].low][:3]
+        text += (f"{first}'s interval overlaps that of {', '.join(rivals)}: which parameter matters most is not "
+                 f"settled yet; more trials narrow the intervals.")
     else:
-        top = [(name, value) for name, value in importances.items() if value > 0][:3]
-        share = sum(v for _, v in top) / total
-        names = ", ".join(f"{name} ({value:.2f})" for name, value in top)
-        text = (f"Over {n} complete trials, PED-ANOVA (how differently each parameter is distributed in the top "
-                f"10 % of trials than in the rest) ranks highest: {names}; "
-                f"{'these' if len(top) > 1 else 'it'} carry {share:.0%} of the importance.")
+        leaders = ", ".join(list(estimates)[:settled])
+        text += f"Settled: {leaders} rank{'s' if settled == 1 else ''} above the rest whatever the resample."
     if n < MIN_TRIALS_FOR_IMPORTANCE:
-        text += f" With fewer than {MIN_TRIALS_FOR_IMPORTANCE} trials, treat the ranking as rough."
-    frozen = [name for name, row in facts.screening.items() if row.frozen and name not in importances]
+        text += f" With fewer than {MIN_TRIALS_FOR_IMPORTANCE} complete trials, treat the ranking as rough."
+    frozen = [name for name, row in facts.screening.items() if row.frozen and name not in estimates]
     if frozen:
         text += f" Parameters frozen by screening are not ranked ({len(frozen)}: {', '.join(frozen)})."
+    text += (" optuna-dashboard's importance chart may rank differently: it runs PED-ANOVA once over every trial "
+             "Optuna stores as complete — the stand-in scores of the trials stopped early and the screening "
+             "trials included — and shows no interval. This section is the one to go by.")
     return blocks + [Para(text), Image("importance.png", "parameter importance")]
 
 
@@ -303,8 +316,11 @@ def effects(facts: StudyFacts, folder: Path, order: list[str]) -> list[Block]:
     if plots.slices(facts, order, folder / "slices.png"):
         shown = min(len(order), plots.MAX_SLICES)
         more = f" (the {shown} most important of {len(order)})" if len(order) > shown else ""
-        blocks += [Para(f"Score against each parameter{more}: a clear slope or peak means the parameter matters; "
-                        f"a flat cloud means it does not. Dashed: the baseline's value; ★: the best trial."),
+        stopped = f" Trials stopped early are left out (their scores are stand-ins)." if facts.partial else ""
+        blocks += [Para(f"Score of each complete trial against each parameter{more}, over the parameter's whole search "
+                        f"range: a clear slope or peak means the parameter matters; a flat cloud means it does not; "
+                        f"a peak at an end of the axis means the best may lie beyond the range. Dashed: the "
+                        f"baseline's value; ★: the best trial.{stopped}"),
                    Image("slices.png", "slice plots")]
     else:
         blocks.append(Para("No complete trial with parameters yet: no slice plots."))
@@ -324,16 +340,19 @@ def _screen_change(row, base: Optional[float]) -> str:
 def _best_values_table(facts: StudyFacts, order: list[str]) -> Table:
     base = facts.baseline.params if facts.baseline is not None else {}
     names = list(dict.fromkeys([*order, *facts.best.params]))
+    edges = {b.name: b.side for b in advice.on_bounds(facts.best.params, facts.ranges)}
     rows = []
     for name in names:
         if name not in facts.best.params:
             continue
-        low_high = facts.space.get(name)
+        low_high = facts.ranges.get(name)
         value = facts.best.params[name]
         frozen = facts.screening.get(name)
+        notes = ["frozen" if frozen is not None and frozen.frozen else "",
+                 f"on the {edges[name]} end of its range" if name in edges else ""]
         rows.append([name, f"[{low_high[0]:g}, {low_high[1]:g}]" if low_high else "",
                      f"{base[name]:.3f}" if name in base else "", f"{value:.3f}",
-                     "frozen" if frozen is not None and frozen.frozen else ""])
+                     "; ".join(n for n in notes if n)])
     return Table(["parameter", "range", "baseline", f"best (trial {facts.best.number})", "note"], rows)
 
 
@@ -362,15 +381,27 @@ def validation(facts: StudyFacts, folder: Path, config_path: str) -> list[Block]
     if tops and base is not None:
         mean_gap = statistics.fmean(r.gap for r in tops)
         excess = mean_gap - base.gap
-        text += (f" The top {len(tops)} trials lose {f4(mean_gap)} on average between training and held-out "
-                 f"scores; the baseline loses {f4(base.gap)}.")
+        text += (f" Held out, the top {len(tops)} trials score on average {_change(mean_gap)} in training; "
+                 f"the baseline scores {_change(base.gap)} in training.")
         if facts.noise is not None and facts.noise.std > 0:
+            sigma = f4(facts.noise.std)
             if excess > facts.noise.std:
-                text += (f" The extra {f4(excess)} is more than the noise σ ({f4(facts.noise.std)}): the search "
+                text += (f" The top trials' extra drop ({f4(excess)}) is more than the noise σ ({sigma}): the search "
                          f"partly fitted the training seeds, which is why best.* follow the validation score.")
+            elif abs(excess) <= facts.noise.std:
+                text += (f" The two differ by {f4(abs(excess))}, within the noise σ ({sigma}): no sign of "
+                         f"overfitting.")
             else:
-                text += f" The difference ({signed(excess)}) is within the noise σ ({f4(facts.noise.std)}): no sign of overfitting."
+                text += (f" The top trials held up better than the baseline, by {f4(-excess)} (more than the noise "
+                         f"σ, {sigma}): no sign of overfitting.")
     return blocks + [Para(text), table, Image("validation.png", "train vs validation")]
+
+
+def _change(gap: float) -> str:
+    """A train − validation gap as words: '0.0023 lower than', '0.0010 higher than', 'the same as'."""
+    if abs(gap) < 5e-5:
+        return "the same as"
+    return f"{f4(abs(gap))} {'lower' if gap > 0 else 'higher'} than"
 
 
 # ---------------------------------------------------------------- the grid

@@ -15,7 +15,7 @@ from typing import Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from zsearch.study.records import FULL_GRID, GRID as GRID_ATTR, ROLE, SCORE, TERMS
+from zsearch.study.records import FULL_GRID, GRID as GRID_ATTR, ROLE, SCORE, TERMS, is_partial
 from zsearch.report.page import Block, Heading, Image, Para, Table
 
 LEGACY_TERMS = ("style", "prompt", "identity")
@@ -44,16 +44,20 @@ def pearson(xs: list[float], ys: list[float]) -> Optional[float]:
 
 
 def section(study: optuna.Study, folder: Path, store=None, max_rows: int = 40) -> list[Block]:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trial_terms(t)]
+    # Complete trials only, as everywhere in the report: a trial stopped early judged only some jobs.
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if trial_terms(t) and not is_partial(t)]
     if not complete:
         return []
     names = list(dict.fromkeys(name for t in complete for name in trial_terms(t)))
     blocks: list[Block] = [Heading(2, "What each judge said")]
     ranked = sorted(complete, key=lambda t: float(t.user_attrs.get(SCORE, t.values[0])), reverse=True)
     shown = ranked[:max_rows]
+    n = len(complete)
+    which = f"The top {len(shown)} of the {n}" if len(shown) < n else f"The {n}"
     blocks.append(Para(f"Each term is the trial's mean over its renders; the score is their weighted sum. "
-                       f"{'The top ' + str(len(shown)) + ' of ' + str(len(complete)) if len(shown) < len(complete) else 'All ' + str(len(complete))} "
-                       f"complete trials, best score first."))
+                       f"{which} complete trial{'s' if n != 1 else ''}, best score first (trials stopped early are "
+                       f"left out)."))
     rows = []
     for t in shown:
         terms = trial_terms(t)
