@@ -10,9 +10,19 @@ For each sampler × pruning mode × seed: the number of rendered images until th
 weight-space distance of w* AND scores ≥ 0.99 of w*'s score on the training jobs. Median over
 seeds; a run that never gets there within the image budget counts as budget + 1 (a lower bound).
 
-    python bench/search.py [--budget 1200] [--seeds 5] [--variants default,random,...]
+The second problem (`--problem pair`, `build_pair`) differs in every count the first fixes: two
+LoRAs (rank 4) read back from a kohya file with alpha 2 and a diffusers file with alpha 8, 14
+parameters (per LoRA: ratio, attn, ffn, adaLN and three layer bands; more than the look's 16
+numbers can tell apart would make w* unidentifiable), 4 prompts x 5 seeds = 20 jobs a trial, its
+own probes, w* and 24 reference seeds (with 3 search seeds and 12 references the training score's
+own peak near w*, found by a local search from w*, lay 0.25 x the baseline's distance away; with
+these, 0.20 x: the target stays reachable).
 
-Variants are SAMPLER[+PRUNING][/STARTUP]: sampler auto|gp|random|tpe|cmaes; pruning off|pruned|partial
+    python bench/search.py [--problem look,pair] [--budget 1200] [--seeds 5] [--variants default,random,...]
+    python bench/search.py --smoke      # one seed, 60 images, both problems: tests the script (< 30 s idle)
+
+Variants are SAMPLER[+PRUNING][/STARTUP]: sampler auto|gp|gpold|random|tpe|cmaes (gpold: Optuna's
+GPSampler on every trial, the default before the bounded one); pruning off|pruned|partial
 (default: partial, the shipped behaviour); startup sobol|random[N] (GP start-up design, N trials).
 """
 
@@ -36,8 +46,19 @@ from zsearch.search import pruning
 
 from zsearch.study import records
 from zsearch.search.evaluate import Evaluator  # noqa: E402
-from zsearch.study.storage import STARTUP, STARTUP_TRIALS, make_pruner, make_sampler  # noqa: E402
+from zsearch.study.samplers import STARTUP, STARTUP_TRIALS, SobolStartup, make_sampler  # noqa: E402
+from zsearch.study.storage import make_pruner  # noqa: E402
 
+PAIR_SPACE = {"ratio": [0.0, 1.5], "components": [0.25, 1.75], "layers": "bands", "tie": ["attn", "ffn"]}
+PAIR_FORMATS = (("kohya", 2.0), ("diffusers", 8.0))  # (format, alpha) of each LoRA, rank 4
+PAIR_STAR = [
+    {"ratio": 1.1, "components": {"attn": 0.6, "ffn": 1.4, "adaLN": 1.3},
+     "layers": {"0-9": 1.4, "10-19": 0.9, "20-29": 0.5}},
+    {"ratio": 0.5, "components": {"attn": 1.5, "ffn": 0.6, "adaLN": 0.7},
+     "layers": {"0-9": 0.6, "10-19": 1.2, "20-29": 1.6}},
+]
+PAIR_SEEDS = [1, 2, 3, 4, 5]  # 20 jobs a trial: with 3 seeds the score's peak near w* lay 0.25 x away
+PAIR_REFERENCE_SEEDS = list(range(700, 724))
 DISTANCE_FRACTION = 0.3
 SCORE_FRACTION = 0.99
 DEFAULT_VARIANTS = ("auto+partial,auto+off,auto+pruned,gp+partial/random,random+partial,random+off,"
@@ -71,12 +92,16 @@ def images_to_target(problem, variant: str, seed: int, budget: int) -> tuple[int
     """(images until the target, best's distance, best's score / w*'s) for one search."""
     sampler, mode, startup, startup_trials = parse_variant(variant)
     config, space = problem.config, problem.space
-    config.search.sampler = sampler
+    config.search.sampler = "gp" if sampler == "gpold" else sampler
     config.search.prune = mode != "off"
     counter = Counting(problem.engine)
     evaluator = Evaluator(config, counter, problem.scorers())
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(config, seed, len(space), startup, startup_trials),
-                                pruner=make_pruner(config))
+    if sampler == "gpold":  # the old default: Optuna's GPSampler on every trial
+        chosen = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials,
+                                           independent_sampler=SobolStartup(len(space), seed=seed))
+    else:
+        chosen = make_sampler(config, seed, len(space), startup, startup_trials)
+    study = optuna.create_study(direction="maximize", sampler=chosen, pruner=make_pruner(config))
     study.enqueue_trial(space.baseline(), user_attrs={records.ROLE: records.BASELINE_ROLE})
     d_target = DISTANCE_FRACTION * problem.baseline_distance
     s_target = SCORE_FRACTION * problem.star_score
@@ -99,6 +124,51 @@ def images_to_target(problem, variant: str, seed: int, budget: int) -> tuple[int
             if d_best <= d_target and records.trial_score(best) >= s_target:
                 return counter.images, d_best, records.trial_score(best) / problem.star_score
     return budget + 1, d_best, records.trial_score(best) / problem.star_score
+
+
+def build_pair(folder: Path, seed: int = 1, batch: int = 2) -> look.Problem:
+    """The second known-optimum problem: two LoRAs in kohya and diffusers files, 14 parameters."""
+    import yaml
+    from zsearch.engine.render import Job
+    from zsearch.lora.blocks import N_LAYERS, all_modules
+    from zsearch.lora.read import load_lora
+    from zsearch.lora.recipe import LoraWeights, Recipe
+    from zsearch.lora.synth import make_random_lora, save_in_format
+    from zsearch.settings.load import load_config
+    from zsearch.study.space import SearchSpace
+    folder.mkdir(parents=True, exist_ok=True)
+    loras, paths = [], []
+    for i, (fmt, alpha) in enumerate(PAIR_FORMATS):
+        path = save_in_format(make_random_lora(look.DIM, 4, all_modules(N_LAYERS), seed=300 + 31 * seed + i,
+                                               alpha=alpha), folder / f"pair_{fmt}.safetensors", fmt)
+        lora = load_lora(path)  # the engine sees what zsearch's reader makes of the file, alpha included
+        lora.module_objects = look._module_objects(lora)
+        loras.append(lora)
+        paths.append(path)
+    (folder / "refs").mkdir(exist_ok=True)
+    data = {"name": "pair", "model": "look-bench", "references": str(folder / "refs"), "prompts": look.PROMPTS,
+            "seeds": PAIR_SEEDS, "loras": [{"path": str(p), "ratio": 1.0, "search": dict(PAIR_SPACE)} for p in paths],
+            "render": {"steps": 1, "width": 16, "height": 16, "batch": batch},
+            "objective": {"style": 1.0, "prompt": 0.3},
+            "search": {"trials": 100, "sampler": "auto", "seed": 0, "prune": True, "bands": 3},
+            "noise": {"repeats": 0}, "validation": {"top_k": 0}, "output": str(folder / "out")}
+    config_path = folder / "pair.yaml"
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(config_path)
+    engine = look.LookEngine(loras, look.PROMPTS, seed=seed)
+    w_star = Recipe([LoraWeights(path=p, **w) for p, w in zip(paths, PAIR_STAR)])
+    engine.gain = 1.2 / float(engine.look_of(w_star).abs().mean())
+    engine.set_recipe(w_star)
+    references = engine.render([Job(i % len(look.PROMPTS), look.PROMPTS[i % len(look.PROMPTS)], s)
+                                for i, s in enumerate(PAIR_REFERENCE_SEEDS)])
+    space = SearchSpace(config)
+    distance = look.WeightDistance(loras, look.weighting_scales(w_star, loras))
+    problem = look.Problem(config, space, engine, look.LookJudge(engine, references), w_star, distance, 0.0)
+    problem.baseline_distance = problem.d(space.baseline())
+    return problem
+
+
+PROBLEMS = {"look": look.build, "pair": build_pair}
 
 
 def storage_overhead(n: int) -> dict[str, float]:
@@ -130,6 +200,36 @@ def storage_overhead(n: int) -> dict[str, float]:
     return results
 
 
+def compare(name: str, problem, args) -> None:
+    """Every variant on one problem, seeds 0..N-1; the first variant against the others."""
+    evaluator = Evaluator(problem.config, problem.engine, problem.scorers())
+    problem.star_score = evaluator.evaluate(problem.w_star).value
+    baseline = evaluator.evaluate(problem.space.recipe(problem.space.baseline())).value
+    print(f"{datetime.date.today()} problem {name}: known optimum w* scores {problem.star_score:.4f}, baseline "
+          f"{baseline:.4f} (distance {problem.baseline_distance:.3f}); target: distance <= {DISTANCE_FRACTION} x "
+          f"baseline's and score >= {SCORE_FRACTION} x w*'s; {len(problem.space)} parameters, "
+          f"{len(evaluator.jobs)} jobs a trial, budget {args.budget} images, {args.seeds} seeds", flush=True)
+    medians = {}
+    variants = args.variants.split(",")
+    for variant in variants:
+        counts, started = [], time.perf_counter()
+        for seed in range(args.seeds):
+            n, d, ratio = images_to_target(problem, variant, seed, args.budget)
+            counts.append(n)
+            print(f"  {variant:20s} seed {seed}: {'>' + str(args.budget) if n > args.budget else n:>6} images "
+                  f"(best: distance {d / problem.baseline_distance:.2f} x baseline's, score {ratio:.3f} of w*)",
+                  flush=True)
+        medians[variant] = statistics.median(counts)
+        print(f"{variant:22s} median {medians[variant]:.0f} images ({time.perf_counter() - started:.0f} s)", flush=True)
+    first = variants[0]
+    print(f"{name}: median images to target ({args.budget + 1} = not reached): "
+          + ", ".join(f"{v} {count:.0f}" for v, count in medians.items()))
+    for other in variants[1:]:
+        ratio = medians[first] / medians[other]
+        bound = f"; {other} never got there: an upper bound" if medians[other] > args.budget else ""
+        print(f"  {first} / {other} = {ratio:.2f}{bound}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=1200, help="images per search (100 trials of 12 jobs)")
@@ -137,40 +237,19 @@ def main() -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help="comma-separated SAMPLER[+PRUNING][/STARTUP]; the first is compared with the others")
     parser.add_argument("--storage-trials", type=int, default=0, help="also time the storages (0: skip)")
+    parser.add_argument("--problem", default="look", help="comma-separated: look (bench/look.py), pair (build_pair)")
+    parser.add_argument("--smoke", action="store_true", help="one seed, 60 images, both problems, two variants")
     args = parser.parse_args()
+    if args.smoke:
+        args.budget, args.seeds, args.problem, args.variants = 60, 1, "look,pair", "auto+partial,random+partial"
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     import warnings
     warnings.filterwarnings("ignore")
 
-    with tempfile.TemporaryDirectory() as folder:
-        problem = look.build(Path(folder))
-        evaluator = Evaluator(problem.config, problem.engine, problem.scorers())
-        problem.star_score = evaluator.evaluate(problem.w_star).value
-        baseline = evaluator.evaluate(problem.space.recipe(problem.space.baseline())).value
-        print(f"{datetime.date.today()}: known optimum w* scores {problem.star_score:.4f}, baseline {baseline:.4f} "
-              f"(distance {problem.baseline_distance:.3f}); target: distance <= {DISTANCE_FRACTION} x baseline's "
-              f"and score >= {SCORE_FRACTION} x w*'s; {len(problem.space)} parameters, "
-              f"{len(evaluator.jobs)} jobs a trial, budget {args.budget} images, {args.seeds} seeds")
-        medians = {}
-        variants = args.variants.split(",")
-        for variant in variants:
-            counts, started = [], time.perf_counter()
-            for seed in range(args.seeds):
-                n, d, ratio = images_to_target(problem, variant, seed, args.budget)
-                counts.append(n)
-                print(f"  {variant:20s} seed {seed}: {'>' + str(args.budget) if n > args.budget else n:>6} images "
-                      f"(best: distance {d / problem.baseline_distance:.2f} x baseline's, score {ratio:.3f} of w*)",
-                      flush=True)
-            medians[variant] = statistics.median(counts)
-            print(f"{variant:22s} median {medians[variant]:.0f} images ({time.perf_counter() - started:.0f} s)", flush=True)
-        first = variants[0]
-        print(f"median images to target ({args.budget + 1} = not reached): "
-              + ", ".join(f"{name} {count:.0f}" for name, count in medians.items()))
-        for other in variants[1:]:
-            ratio = medians[first] / medians[other]
-            bound = f"; {other} never got there: an upper bound" if medians[other] > args.budget else ""
-            print(f"  {first} / {other} = {ratio:.2f}{bound}")
+    for name in args.problem.split(","):
+        with tempfile.TemporaryDirectory() as folder:
+            compare(name, PROBLEMS[name](Path(folder)), args)
 
     if args.storage_trials:
         overhead = storage_overhead(args.storage_trials)

@@ -155,7 +155,7 @@ class NoiseSettings(_Strict):
 class SearchSettings(_Strict):
     trials: int = Field(500, ge=1)
     hours: Optional[float] = Field(None, gt=0)
-    sampler: Literal["auto", "tpe", "cmaes", "gp", "random"] = "auto"  # auto: gp up to 32 parameters, else tpe
+    sampler: Literal["auto", "tpe", "cmaes", "gp", "random"] = "auto"  # auto = gp: a GP on a bounded set of trials (study/samplers.py)
     seed: int = 0
     bands: int = Field(3, ge=1, le=N_LAYERS)
     prune: bool = True

@@ -27,7 +27,7 @@ from zsearch.errors import UserError
 from zsearch.settings.fingerprint import FileHashes, same_measurement
 from zsearch.lora.recipe import load_recipe
 from zsearch.study.space import SearchSpace, screening_values
-from zsearch.study.samplers import SobolStartup
+from zsearch.study.samplers import STARTUP, STARTUP_TRIALS, make_sampler, sampler_name  # noqa: F401 - callers import them from here
 from zsearch.study import records
 from zsearch.study.records import WORKER, RetryDeadTrial
 from zsearch.study.workers import WORKER_ID, is_dead
@@ -127,36 +127,6 @@ def artifact_store(config: Config) -> FileSystemArtifactStore:
     folder = config.out_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
-
-
-GP_MAX_PARAMS = 32  # beyond this a Gaussian process fits slowly and TPE is the better bet
-STARTUP_TRIALS = 10  # trials drawn from the start-up design before the GP fits (Optuna's default)
-STARTUP = "sobol"  # the start-up design: "sobol" or "random" (bench/search.py measures both)
-
-
-def sampler_name(config: Config, n_params: int) -> str:
-    """The sampler `auto` stands for: trials cost seconds to minutes, so sample efficiency rules
-    (bench/search.py: a GP reaches the known optimum in far fewer images than TPE or random)."""
-    name = config.search.sampler
-    if name == "auto":
-        name = "gp" if n_params <= GP_MAX_PARAMS else "tpe"
-    return name
-
-
-def make_sampler(config: Config, seed: int, n_params: int, startup: str = STARTUP,
-                 startup_trials: int = STARTUP_TRIALS) -> optuna.samplers.BaseSampler:
-    name = sampler_name(config, n_params)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=1)
-    if name == "gp":
-        design = SobolStartup(n_params, seed=seed) if startup == "sobol" else None
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials, independent_sampler=design)
-    # Multivariate TPE models the interactions between block weights; `group` lets it cope with
-    # the smaller space left after screening freezes parameters.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      n_startup_trials=min(10, 2 + n_params))
 
 
 def make_pruner(config: Config) -> optuna.pruners.BasePruner:
