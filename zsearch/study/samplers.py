@@ -118,8 +118,10 @@ class _BoundedView:
     def __getattr__(self, name):
         return getattr(self._study, name)
 
+    # GPSampler reads a study's trials through `study._get_trials` (Optuna 4.0 to 5.1); the view
+    # answers that one call from the public `get_trials` (tests/test_samplers.py checks the sizes).
     def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and _has_point(t)]
         running = running[-self._sampler.pending:] if self._sampler.pending else []
