@@ -79,8 +79,8 @@ class BoundedGPSampler(optuna.samplers.GPSampler):
     that keeps it exploring); up to `fitted` trials it is the plain GP. Running trials of other
     workers, or one asked ahead of time, enter the acquisition as pending points (Optuna's
     batch expected improvement; Optuna 4.0's GPSampler has none and ignores them), so two asks
-    do not propose the same point. Each worker fits its
-    own model from what the storage holds; nothing else is shared.
+    do not propose the same point. Each worker fits its own model from what the storage holds;
+    nothing else is shared.
     """
 
     def __init__(self, *, fitted: int = FITTED, pending: int = PENDING,
