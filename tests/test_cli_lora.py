@@ -139,7 +139,7 @@ def test_inspect_text_and_json_norms(tmp_path, capsys, two):
     code, stdout, _ = run(capsys, "inspect", pa, pb)
     assert code == 0
     assert "format  kohya" in stdout and "format  ai-toolkit" in stdout
-    assert "alpha   2 at rank 4 (scale 0.5)" in stdout and "none (scale 1)" in stdout
+    assert "alpha   2 at rank 4 (scale 0.5)" in stdout and "alpha   6 at rank 6 (scale 1)" in stdout
     assert "ComfyUI drops kohya-named attention keys" in stdout
     code, stdout, _ = run(capsys, "inspect", "--json", pa)
     info = json.loads(stdout)["files"][0]

@@ -55,10 +55,10 @@ def test_metadata_records_recipe_scores_prompts_seeds_model_scorers_version(tmp_
     assert json.loads(read["zsearch.scorers"]) == {"clip": "ViT-B-32 (laion2b_s34b_b79k), centroid"}
     assert json.loads(read["zsearch.objective"]) == {"style": 1.0, "prompt": 0.3, "pareto": False}
 
-    # The recipe replays from the metadata: paths relative to best.safetensors' folder.
+    # The recipe replays from the metadata beside the LoRAs: file names, no folder of this machine.
     data = json.loads(read["zsearch.lora.recipe"])
-    assert data["loras"][0]["path"] == "../../loras/style.safetensors"
-    replayed = parse_recipe(data, "metadata", base_dir=path.parent)
+    assert data["loras"][0]["path"] == "style.safetensors"
+    replayed = parse_recipe(data, "metadata", base_dir=lora.parent)
     got = replayed.loras[0]
     assert got.path.resolve() == lora.resolve()
     assert (got.ratio, got.components, got.layers) == (0.65, {"attn": 1.3}, {"0-9": 0.5})

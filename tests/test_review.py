@@ -18,7 +18,7 @@ from PIL import Image
 from search_helpers import demo_config, start, wait_until, zsearch
 from zsearch.settings.load import load_config
 from zsearch.review.bradley_terry import bradley_terry
-from zsearch.review.candidates import pick_candidates, render_candidates
+from zsearch.review.candidates import REVIEW_ROWS, pick_candidates, render_candidates
 from zsearch.review.server import ReviewServer
 from zsearch.review.study import open_review
 from zsearch.study.records import REVIEW as REVIEW_ATTR
@@ -77,12 +77,12 @@ def test_renders_are_held_out_grids_and_reused(searched):
     candidates = pick_candidates(_study(config), 2)
     folder = config.out_dir / "review"
     paths = render_candidates(config, candidates, folder)
-    n_prompts, n_seeds = len(config.validation_prompts), len(config.validation.seeds_for(config.seeds))
+    n_prompts, n_seeds = len(config.validation_prompts), min(REVIEW_ROWS, len(config.validation.seeds_for(config.seeds)))
     for trial in candidates:
         with Image.open(paths[trial.number]) as image:  # torchvision grid: 2 px padding
             assert image.size == (n_prompts * (config.render.width + 2) + 2, n_seeds * (config.render.height + 2) + 2)
     index = json.loads((folder / "renders.json").read_text())
-    assert index[str(candidates[0].number)]["seeds"] == config.validation.seeds_for(config.seeds)
+    assert index[str(candidates[0].number)]["seeds"] == config.validation.seeds_for(config.seeds)[:REVIEW_ROWS]
     assert not set(index[str(candidates[0].number)]["seeds"]) & set(config.seeds)  # held out
     stamps = {p: p.stat().st_mtime_ns for p in paths.values()}
     render_candidates(config, candidates, folder)  # nothing to do the second time

@@ -32,7 +32,7 @@ def one_line(result, *expected):
     (["run", "c.yaml", "--trials", "many"], "--trials"),
     (["merge", "a.safetensors"], "-o/--output"),
     (["dashboard", "c.yaml", "--port", "70000"], "70000"),
-    (["dashboard", "c.yaml", "--port", "0"], "1-65535"),
+    (["review", "c.yaml", "--port", "70000"], "1-65535"),  # one port rule for both servers
     (["dashboard", "c.yaml", "--port", "http"], "not a port number"),
 ])
 def test_argparse_mistakes_are_one_line_with_a_pointer_to_help(tmp_path, args, expected):

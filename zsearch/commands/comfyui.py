@@ -18,9 +18,14 @@ SHIM = ("# zsearch's ComfyUI nodes, written by `zsearch comfyui install`; zsearc
 
 
 def register(sub) -> None:
-    p = sub.add_parser("comfyui", help="ComfyUI nodes that apply zsearch recipes")
-    actions = p.add_subparsers(dest="comfyui_command", required=True, metavar="ACTION")
-    install = actions.add_parser("install", help="add zsearch's nodes to a ComfyUI folder (a two-line shim)")
+    p = sub.add_parser("comfyui", help="ComfyUI nodes that apply zsearch recipes",
+                       description="zsearch's ComfyUI nodes (apply a recipe, tune one LoRA's block weights); "
+                                   "`install` makes a ComfyUI folder load them.")
+    actions = p.add_subparsers(dest="comfyui_command", required=True, metavar="ACTION",
+                               help="install: add the nodes to a ComfyUI folder")
+    install = actions.add_parser("install", help="add zsearch's nodes to a ComfyUI folder (a two-line shim)",
+                                 description="Add zsearch's nodes to a ComfyUI folder: a two-line shim in "
+                                             "custom_nodes/zsearch_nodes/ that imports them from zsearch.")
     install.add_argument("folder", type=Path, metavar="COMFYUI_FOLDER", help="the folder that holds ComfyUI's main.py")
     install.set_defaults(func=cmd_install)
 

@@ -18,8 +18,11 @@ WEIGHT_FLAGS = (*COMPONENTS, *GROUPS)  # --adaLN --to_q ... --w3, and the groups
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="show format, ranks, alpha, coverage and delta norms of LoRA files")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p = sub.add_parser("inspect", help="show format, ranks, alpha, coverage and delta norms of LoRA files",
+                       description="Show what LoRA files hold: format, ranks, alpha, where they act and how strongly; "
+                                   "for a zsearch output also how it was found (recipe, scores, chosen by, sources).")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="LoRA .safetensors files, or PEFT/diffusers adapter folders")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=cmd_inspect)
 
@@ -53,11 +56,24 @@ def register(sub) -> None:
 def cmd_inspect(args) -> int:
     from zsearch.lora.inspect import format_report, inspect_lora
     from zsearch.lora.read import load_lora
-    infos = [inspect_lora(load_lora(path)) for path in args.files]
+    from zsearch.outputs.provenance import how_to_load, provenance_lines, read_provenance
+    infos = []
+    for path in args.files:
+        lora = load_lora(path)
+        info = inspect_lora(lora)
+        info["provenance"] = read_provenance(lora.metadata)  # how zsearch made it; None for other files
+        infos.append(info)
     if args.json:
         print(json.dumps({"files": infos}, indent=2))
-    else:
-        print("\n\n".join(format_report(info) for info in infos))
+        return 0
+    texts = []
+    for info in infos:
+        text = format_report(info)
+        if info["provenance"] is not None:
+            text += "\n" + "\n".join([*provenance_lines(info["provenance"]),
+                                       *(f"  {line}" for line in how_to_load(info["path"]))])
+        texts.append(text)
+    print("\n\n".join(texts))
     return 0
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from zsearch.commands.arguments import add_config
 from zsearch.settings.load import load_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="write results/<name>/report/: summary, plots, validation, best grid")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("report", help="write results/<name>/report/: summary, plots, validation, best grid",
+                       description="Write the study's report (Markdown and HTML with plots) into results/<name>/report/: "
+                                   "what the search found, how sure it is, and what to do next.")
+    add_config(p)
     p.set_defaults(func=cmd_report)
 
 

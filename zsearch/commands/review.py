@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
+from zsearch.commands.arguments import add_config, add_port
 from zsearch.commands.configs import load_for_rendering
 from zsearch.settings.load import check_inputs
 
 
 def register(sub) -> None:
     p = sub.add_parser("review", help="the morning review: pick between the top candidates' renders "
-                                      "in optuna-dashboard (127.0.0.1); `zsearch best` follows your choice")
-    p.add_argument("config", type=Path)
+                                      "in optuna-dashboard (127.0.0.1); `zsearch best` follows your choice",
+                       description="Render the baseline and the top trials on the held-out seeds, and show them two at "
+                                   "a time in optuna-dashboard; click Worst on the one you like less. Ctrl-C ends the "
+                                   "review and re-exports best.* by your choice.")
+    add_config(p)
     p.add_argument("--top-k", type=int, default=4, help="candidates besides the baseline (default 4)")
-    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    add_port(p)
     p.set_defaults(func=cmd_review)
 
 

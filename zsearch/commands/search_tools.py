@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
+from zsearch.commands.arguments import add_config, add_port, dashboard_server
 from zsearch.settings.load import check_inputs, check_writable_folder, load_config
 from zsearch.commands.configs import load_for_rendering
 from zsearch.errors import UserError
@@ -12,48 +13,39 @@ from zsearch.outputs.summary import best_summary
 from zsearch.study.storage import open_existing_study
 
 
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1-65535)") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number; use 1-65535, e.g. 8080")
-    return port
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Fail before the server starts (and prints its banner) when the port is taken."""
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UserError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
-
-
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run (or resume) the weight search of a config")
-    p.add_argument("config", type=Path)
-    p.add_argument("--trials", type=int, help="override search.trials (total for the study)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log file only)")
+    p = sub.add_parser("run", help="run (or resume) the weight search of a config",
+                       description="Run the weight search of a config, or resume it: render, score, keep the best "
+                                   "(results/<name>/best.*); Ctrl-C finishes the current trial and stops.")
+    add_config(p)
+    p.add_argument("--trials", type=int, help="the study's total trial budget (overrides search.trials); "
+                                              "raise it to search a finished study further")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the log file still has every line)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("best", help="write best.yaml / best.safetensors / best.png from the study")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("best", help="write best.yaml / best.safetensors / best.png from the study",
+                       description="Re-export the best outputs (best.yaml, best.safetensors, best.png) from the "
+                                   "study's storage, from any machine that reaches it.")
+    add_config(p)
     p.set_defaults(func=cmd_best)
 
-    p = sub.add_parser("validate", help="re-score the top trials on the held-out validation set")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("validate", help="re-score the top trials on the held-out validation set",
+                       description="Re-render and re-score the baseline and the validation.top_k best trials on the "
+                                   "held-out seeds and prompts (a run does this at its end); best.* follow the result.")
+    add_config(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1)")
-    p.add_argument("config", type=Path)
-    p.add_argument("--port", type=port_number, default=8080, help="a free port, 1-65535 (default 8080)")
+    p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1)",
+                       description="Serve optuna-dashboard on 127.0.0.1, opened at the study's page with every "
+                                   "trial's renders; Ctrl-C stops it.")
+    add_config(p)
+    add_port(p)
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("render", help="render the config's prompts and seeds with a recipe")
-    p.add_argument("config", type=Path)
+    p = sub.add_parser("render", help="render the config's prompts and seeds with a recipe",
+                       description="Render the config's prompts and seeds with one recipe (default: plain stacking), "
+                                   "as images and a grid, to preview a weighting.")
+    add_config(p)
     p.add_argument("--recipe", type=Path, help="recipe YAML (default: the baseline, plain stacking)")
     p.add_argument("-o", "--out", type=Path, help="output folder (default: results/<name>/render-<recipe>)")
     p.add_argument("--force", action="store_true", help="write into an output folder that already has images")
@@ -91,24 +83,39 @@ def cmd_best(args) -> int:
 def cmd_validate(args) -> int:
     from zsearch.search.validate import validate_study
     config = load_for_rendering(args.config)
-    open_existing_study(config)
+    earlier = _validation_ran(open_existing_study(config))
+    if earlier:
+        print(f"zsearch: {earlier}; validating again: the baseline and the current top "
+              f"{config.validation.top_k} trials on the held-out jobs, replacing that result", file=sys.stderr, flush=True)
     print(_summary(config, validate_study(config)))
     return 0
 
 
+def _validation_ran(study) -> str:
+    """'validation already ran (3 trials re-scored, it chose trial 7)', or '' when it has not."""
+    from zsearch.study import records
+    record = records.read_validation(study)
+    if record is None:
+        return ""
+    return f"validation already ran for this study ({len(record.rows)} trials re-scored, it chose trial {record.chosen})"
+
+
 def cmd_dashboard(args) -> int:
-    import optuna_dashboard
     from zsearch.study.storage import artifact_store, make_storage
     config = load_config(args.config)
     open_existing_study(config)
-    check_port_free("127.0.0.1", args.port)
-    url = f"http://127.0.0.1:{args.port}/dashboard"
+    storage = make_storage(config)
+    server = dashboard_server(storage, artifact_store(config), args.port)
+    # straight to this study's page: the study list's Delete buttons are one click from losing a night
+    study_id = storage.get_study_id_from_name(config.name)
+    url = f"http://127.0.0.1:{server.server_port}/dashboard/studies/{study_id}"
     print(f"optuna-dashboard for study '{config.name}' at {url}  (Ctrl-C to stop)", flush=True)
     try:
-        optuna_dashboard.run_server(make_storage(config), host="127.0.0.1", port=args.port,
-                                    artifact_store=artifact_store(config))
-    except OSError as exc:
-        raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({exc.strerror}); pick another --port") from None
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

@@ -19,6 +19,7 @@ The demo is a miniature of real use:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from zsearch.demo.aesthetic import build_aesthetic_head
@@ -27,7 +28,8 @@ from zsearch.demo.files import build_once, lock, one_thread, write_atomic_file
 from zsearch.demo.loras import write_demo_loras
 from zsearch.demo.pipeline import build_tiny_pipeline
 from zsearch.demo.references import render_references
-from zsearch.demo.spec import BUILD_VERSION, CLIP_CONFIG, DemoAssets, PROMPTS, demo_assets
+from zsearch.demo.spec import BUILD_VERSION, CLIP_CONFIG, JUDGE_WEIGHTINGS, DemoAssets, PROMPTS, demo_assets
+from zsearch.util.steps import step_bar
 
 
 def build_demo(root: Path) -> DemoAssets:
@@ -40,16 +42,41 @@ def build_demo(root: Path) -> DemoAssets:
         stamp = root / ".complete"
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:
             return assets
-        build_tiny_pipeline(assets.model_dir)
-        if not all(path.exists() for path in assets.loras):
-            write_demo_loras(assets)
-        build_once(assets.clip_dir, lambda d: build_tiny_clip(d, assets))
-        if not assets.prompts.exists():
-            write_atomic_file(assets.prompts, lambda tmp: tmp.write_text(
-                "# demo prompts, one a line\n" + "\n".join(PROMPTS) + "\n"))
-        build_once(assets.references, lambda d: render_references(assets, d))
+        # zsearch's own steps (the judge's renders are most of the time), not the libraries' bars
+        with step_bar("building the demo models (once)", BUILD_STEPS) as bar, _library_bars_off():
+            build_tiny_pipeline(assets.model_dir)
+            bar.update()
+            if not all(path.exists() for path in assets.loras):
+                write_demo_loras(assets)
+            bar.update()
+            build_once(assets.clip_dir, lambda d: build_tiny_clip(d, assets, tick=bar.update))
+            bar.update(BUILD_STEPS - 1 - bar.n)  # the judge's steps, when it was built already
+            if not assets.prompts.exists():
+                write_atomic_file(assets.prompts, lambda tmp: tmp.write_text(
+                    "# demo prompts, one a line\n" + "\n".join(PROMPTS) + "\n"))
+            build_once(assets.references, lambda d: render_references(assets, d))
+            bar.update()
         stamp.write_text(BUILD_VERSION)
     return assets
+
+
+BUILD_STEPS = 4 + JUDGE_WEIGHTINGS  # pipeline, LoRAs, the judge's renders and its training, references
+
+
+@contextmanager
+def _library_bars_off():
+    """diffusers' and transformers' loading bars off while the demo builds (as they were after)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    was = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in was:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in was:
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def main() -> None:  # python -m zsearch.demo.build [DIR]

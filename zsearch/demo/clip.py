@@ -15,7 +15,7 @@ from zsearch.demo.references import fused
 from zsearch.demo.spec import CLIP_CONFIG, DemoAssets, EXTRA_PROMPTS, JUDGE_SEED_BASE, JUDGE_WEIGHTINGS, PROMPTS
 
 
-def build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
+def build_tiny_clip(out_dir: Path, assets: DemoAssets, tick=lambda: None) -> None:
     """A tiny open_clip model taught to see the demo's looks and prompts, saved as a `local-dir:` folder.
 
     Its lessons are renders of every prompt (the search's and the references') at random
@@ -48,6 +48,7 @@ def build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
         seeds = [JUDGE_SEED_BASE + k * len(prompts) + i for i in range(len(prompts))]
         with fused(pipe.transformer, loras, scales):
             images.append(render_batch(pipe, prompts, seeds))
+        tick()  # one step of the demo build's progress
         prompt_index.extend(range(len(prompts)))
         look_index.extend([k] * len(prompts))
     cfg = dict(model.visual.preprocess_cfg)
@@ -55,6 +56,7 @@ def build_tiny_clip(out_dir: Path, assets: DemoAssets) -> None:
                 lambda x: preprocess(x, cfg), seed=1)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))
+    tick()
 
 
 def random_weighting(generator: torch.Generator) -> LoraWeights:

@@ -77,6 +77,7 @@ def inspect_lora(lora: Lora) -> dict:
         "modules": len(lora.modules),
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
         "kinds": dict(Counter(m.kind for m in lora.modules.values())),
+        # alpha as scale x rank: what the file's alpha works out to (a file with none reads as scale 1)
         "alpha": [{"kind": k, "rank": r, "alpha": s * r if r is not None else None, "scale": s, "modules": n}
                   for (k, r, s), n in sorted(alphas.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2]))],
         "other": other,
@@ -120,10 +121,8 @@ def format_report(info: dict) -> str:
     ranks = ", ".join(f"{r} ({n} modules)" for r, n in info["ranks"].items()) or "-"
     kinds = ", ".join(f"{k} x{n}" for k, n in sorted(info["kinds"].items()))
 
-    def alpha_text(a: dict) -> str:
+    def alpha_text(a: dict) -> str:  # the JSON's numbers: alpha = scale x rank (no alpha saved: scale 1)
         kind = "" if a["kind"] == "lora" else f"{a['kind']} "
-        if a["scale"] == 1.0:
-            return f"{kind}none (scale 1)"
         if a["rank"] is None:
             return f"{kind}scale {a['scale']:g}"
         return f"{kind}{a['alpha']:g} at rank {a['rank']} (scale {a['scale']:g})"

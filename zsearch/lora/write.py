@@ -117,11 +117,12 @@ def _numel(shape: tuple[int, ...]) -> int:
 def merge_metadata(recipe: Recipe, output: str | os.PathLike, **extra: object) -> dict[str, str]:
     """Provenance: zsearch version, each source's file name and sha256, the recipe as YAML.
 
-    Recipe paths are written relative to the output's folder, so the recipe can be saved next to
-    the output and replayed with `zsearch merge --recipe`.
+    The file is shared, so it names no folder of this machine: recipe paths are file names.
+    Saved beside copies of its LoRAs (found by name, checked by sha256), the recipe replays with
+    `zsearch merge --recipe`.
     """
     sources = [{"file": Path(lw.path).name, "sha256": file_sha256(lw.path)} for lw in recipe.loras]
-    recipe_text = yaml.safe_dump(recipe_to_dict(recipe, relative_to=Path(output).parent), sort_keys=False)
+    recipe_text = yaml.safe_dump(shareable_recipe(recipe), sort_keys=False)
     metadata = {
         "zsearch.version": __version__,
         "zsearch.sources": json.dumps(sources),
@@ -129,6 +130,24 @@ def merge_metadata(recipe: Recipe, output: str | os.PathLike, **extra: object) -
     }
     metadata.update({f"zsearch.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return metadata
+
+
+def shareable_recipe(recipe: Recipe) -> dict:
+    """The recipe as plain data with each LoRA by file name only (no folder of this machine)."""
+    data = recipe_to_dict(recipe)
+    for entry in data["loras"]:
+        entry["path"] = Path(entry["path"]).name
+    return data
+
+
+def shareable_name(value: str) -> str:
+    """A model or checkpoint as it may travel: a local path (or `local-dir:` folder) by its last
+    name; a hub id or a named download (`laion2b_s34b_b79k`, `hf-hub:...`) as it is."""
+    prefix = "local-dir:" if value.startswith("local-dir:") else ""
+    path = value.removeprefix(prefix)
+    if prefix or os.path.isabs(path) or path.startswith(("~", ".")) or Path(path).expanduser().exists():
+        return prefix + Path(path).expanduser().name
+    return value
 
 
 def file_sha256(path: str | os.PathLike) -> str:

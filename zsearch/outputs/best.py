@@ -143,12 +143,20 @@ def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
 def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
     rows = []
     baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    validation = records.read_validation(study)
     for label, trial in (("baseline", baseline), (f"best (trial {best.number})", best)):
         grid = _load_grid(store, trial)
         if grid is not None:
-            score = f"{trial_score(trial):.4f}"
-            rows.append((f"{label}  score {score}", grid))
+            rows.append((f"{label}  {_score_label(trial, validation)}", grid))
     if rows:
         save_png(stack_labelled(rows), path)
     else:
         path.unlink(missing_ok=True)  # no renders to show: never leave an older best's picture
+
+
+def _score_label(trial: Optional[FrozenTrial], validation) -> str:
+    """The score the verdict uses: held-out once validation scored this trial, else training."""
+    row = validation.row(trial.number) if validation is not None and trial is not None else None
+    if row is not None:
+        return f"held-out score {row.validation:.4f}"
+    return f"training score {trial_score(trial):.4f}"

@@ -7,6 +7,7 @@ from typing import Optional
 from optuna.trial import FrozenTrial
 
 from zsearch.outputs.best import read_best_info
+from zsearch.outputs.provenance import how_to_load
 from zsearch.settings.schema import Config
 
 
@@ -26,7 +27,8 @@ def best_summary(config: Config, trial: Optional[FrozenTrial]) -> str:
     out = config.out_dir
     verdict = gain_line(scores)
     return (f"best: trial {trial.number}, " + ", ".join(parts) + "\n" + (f"  {verdict}\n" if verdict else "") +
-            f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}")
+            f"  {out / 'best.safetensors'}\n  {out / 'best.yaml'}\n  {out / 'best.png'}\n" +
+            "\n".join(f"  {line}" for line in how_to_load(out / "best.safetensors")))
 
 
 def gain_line(scores: dict) -> Optional[str]:

@@ -124,7 +124,7 @@ def gather(study: optuna.Study, objective_weights: tuple[float, float] = (1.0, 0
     if choice is not None:
         facts.train_best, facts.best = choice.train_best, choice.trial
         facts.validation_current, facts.chosen_by = choice.validation_current, choice.by
-    _timing(facts)
+    _timing(facts, records.read_run_span(study))
     facts.ranges = {**facts.space, **search_ranges(trials)}
     return facts
 
@@ -159,12 +159,13 @@ def _prompts(fingerprint: Any) -> list[str]:
     return [str(p) for p in prompts] if isinstance(prompts, list) else []
 
 
-def _timing(facts: StudyFacts) -> None:
+def _timing(facts: StudyFacts, run_span: tuple = (None, None)) -> None:
     facts.tally = records.count_trials(facts.trials)
     facts.counts = asdict(facts.tally)
     facts.screening_trials = facts.tally.screening
-    starts = [t.datetime_start for t in facts.trials if t.datetime_start]
-    ends = [t.datetime_complete for t in facts.trials if t.datetime_complete]
+    # the whole runs, set-up, noise band and validation included, where the study recorded them
+    starts = [t.datetime_start for t in facts.trials if t.datetime_start] + [t for t in run_span[:1] if t]
+    ends = [t.datetime_complete for t in facts.trials if t.datetime_complete] + [t for t in run_span[1:] if t]
     if starts and ends:
         facts.wall_seconds = max(0.0, (max(ends) - min(starts)).total_seconds())
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in facts.complete

@@ -11,6 +11,7 @@ from typing import Optional
 
 from optuna.trial import FrozenTrial
 
+from zsearch.outputs.provenance import how_to_load
 from zsearch.study import records
 
 from zsearch.study import stats
@@ -64,6 +65,8 @@ def summary(facts: StudyFacts, config_path: str, best_yaml_trial: Optional[int],
         note = "" if best_yaml_trial == facts.best.number else (
             f" (this report's pick is trial {facts.best.number}; `zsearch best {config_path}` brings them up to date)")
         blocks.append(Para(f"best.yaml and best.safetensors in {out_dir} hold trial {best_yaml_trial}{note}."))
+        first, *ways = how_to_load(out_dir / "best.safetensors")
+        blocks.append(Para(first[0].upper() + first[1:] + " " + "; ".join(w.strip() for w in ways) + "."))
     advice_text = advice.advise(facts, config_path)
     if advice_text:
         blocks.append(Para("**What next:** " + " ".join(advice_text)))
@@ -165,14 +168,7 @@ def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
     if v is None:
         return (f"Held-out validation has not run for this study yet; it runs at the end of `zsearch run`, "
                 f"or now with `zsearch validate {config_path}`.")
-    where = "held-out prompts and seeds"
-    details = []
-    if v.prompts is not None:
-        details.append(f"{v.prompts} prompt{'s' if v.prompts != 1 else ''}")
-    if v.seeds:
-        details.append("seeds " + ", ".join(map(str, v.seeds)))
-    if details:
-        where += f" ({'; '.join(details)})"
+    where = _held_out_set(v)
     if not facts.validation_current:
         return (f"Validation is out of date: the training best ({_trial(facts.train_best)}) was found after it ran, "
                 f"so best.* follow the training score for now; `zsearch validate {config_path}` re-runs it.")
@@ -187,6 +183,18 @@ def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
                  f"{f4(lost.train if lost else None)} on training but {f4(lost.validation if lost else None)} "
                  f"held out.")
     return text
+
+
+def _held_out_set(v) -> str:
+    """What validation re-rendered, said as it is: new seeds of the training prompts (the default),
+    or held-out prompts of their own."""
+    seeds = f"seeds {', '.join(map(str, v.seeds))}" if v.seeds else "other seeds"
+    count = f"{v.prompts} " if v.prompts is not None else ""
+    if v.same_prompts:
+        return f"new seeds of the same {count}prompts ({seeds}, none used in the search)"
+    if v.same_prompts is None:  # a study validated by an older zsearch: which prompts is not recorded
+        return f"{count}prompts with new seeds ({seeds})"
+    return f"{count}held-out prompts with new seeds ({seeds})"
 
 
 def _interval(c: Optional[stats.Comparison]) -> str:
@@ -377,7 +385,7 @@ def validation(facts: StudyFacts, folder: Path, config_path: str) -> list[Block]
     table = Table(["trial", "role", "train", "validation", "gap (train − validation)", "note"], rows)
     tops = [r for r in v.rows if not r.baseline]
     base = next((r for r in v.rows if r.baseline), None)
-    text = "Each trial below was re-rendered and re-scored on prompts and seeds the search never saw."
+    text = f"Each trial below was re-rendered and re-scored on {_held_out_set(v)}."
     if tops and base is not None:
         mean_gap = statistics.fmean(r.gap for r in tops)
         excess = mean_gap - base.gap

@@ -30,18 +30,29 @@ def pick_candidates(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
 
 # ---------------------------------------------------------------- their renders on held-out seeds
 
+# Two candidates' grids side by side, with the Worst buttons below them, fit one screen: at most
+# two rows (held-out seeds) of renders, each at most 512 px a side.
+REVIEW_ROWS = 2
+REVIEW_SIDE = 512
+
+
+def review_seeds(config: Config) -> list[int]:
+    """The held-out seeds a review shows: the first REVIEW_ROWS of validation's."""
+    return config.validation.seeds_for(config.seeds)[:REVIEW_ROWS]
+
+
 def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -> dict[int, Path]:
     """One grid per candidate (a column per validation prompt, a row per held-out seed).
 
     Kept in `folder` with what they were rendered from; only missing or outdated ones are rendered.
     """
-    from zsearch.outputs.grid import job_grid, save_png
+    from zsearch.outputs.grid import job_grid, save_png, shrink
     from zsearch.search.evaluate import Evaluator
     from zsearch.search.session import load_engine, prepare
     from zsearch.study.space import SearchSpace
 
     prepare(config)  # reads the prompt files
-    seeds = config.validation.seeds_for(config.seeds)
+    seeds = review_seeds(config)
     prompts = list(config.validation_prompts)
     folder.mkdir(parents=True, exist_ok=True)
     index_file = folder / "renders.json"
@@ -59,7 +70,7 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
         evaluator = Evaluator(config, engine, scorers=None, prompts=prompts, seeds=seeds)
         for trial in todo:
             images = evaluator.render(space.recipe(trial.params))
-            save_png(job_grid(images, len(prompts)), paths[trial.number])
+            save_png(job_grid(shrink(images, REVIEW_SIDE), len(prompts)), paths[trial.number])
             index[str(trial.number)] = {**key, "params": trial.params}
         engine.close()
         from zsearch.util.atomic import write_text_atomic

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial
 
 from zsearch.review import dashboard
 from zsearch.review.bradley_terry import bradley_terry, round_robin
+from zsearch.review.candidates import review_seeds
 from zsearch.settings.schema import Config
 from zsearch.study import records
 from zsearch.study.storage import make_storage
@@ -66,7 +67,7 @@ def open_review(config: Config, study: optuna.Study, candidates: list[FrozenTria
         review.set_user_attr(records.REVIEW_LABELS, dict(zip(map(str, numbers), _labels(len(numbers)))))
         review.set_user_attr(records.REVIEW_PAIRS, [list(p) for p in round_robin(len(numbers))])
         review.set_user_attr(records.REVIEW_SEARCH_STUDY, config.name)
-        review.set_user_attr(records.REVIEW_SEEDS, config.validation.seeds_for(config.seeds))
+        review.set_user_attr(records.REVIEW_SEEDS, review_seeds(config))
     return Review(study, review, storage, renders, store)
 
 

@@ -50,7 +50,9 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
     total = trials if trials is not None else config.search.trials
     done = finished_count(study)
     if done >= total:
-        log.info("study '%s' already has %d finished trials (budget %d)", config.name, done, total)
+        tell(f"study '{config.name}' already has {done} finished trials (budget {total}): nothing to run. To search "
+             f"further, raise the budget: `zsearch run {config.source} --trials {total * 2}` (or search.trials); "
+             f"search.hours limits a run's time, not its trials. The best so far:")
         return export_best(config, study, store)
 
     def say(message: str) -> None:  # the slow steps outside the trial loop, on the terminal too
@@ -58,15 +60,18 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
         if show_progress:
             print(f"zsearch: {message}", file=sys.stderr, flush=True)
 
+    records.note_run_start(study)  # the report's wall time: the whole run, not only the trial loop
+    bars = None if show_progress else False  # zsearch's own step bars: on a terminal, unless --no-progress
     with GracefulStop() as stop:
-        say(f"loading {config.model} on {config.device} ...")
+        say(f"loading {config.model} on {_device_name(config.device)} ...")
         session.planned_images = planned_images(total - done, len(config.prompt_list) * len(config.seeds),
                                                 config.search.hours)
         engine, scorers = session.engine, session.scorers
         say(engine.placement)
         if "noise" not in study.user_attrs and config.noise.repeats and not stop.requested:
             say(f"scoring the baseline on {config.noise.repeats + 1} seed sets (the noise band) ...")
-        noise = None if stop.requested else measure_noise(config, study, session.space, engine, scorers)
+        noise = None if stop.requested else measure_noise(config, study, session.space, engine, scorers,
+                                                              progress=bars)
         if noise:
             log.info("baseline score %.5f ± %.5f over %d seed sets", noise["mean"], noise["std"],
                      len(noise["scores"]))
@@ -74,11 +79,26 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
         objective = Objective(config, space, Evaluator(config, engine, scorers), store, study, budget=total)
         _search(config, study, objective, store, stop, total, done, show_progress)
         if stop.requested:
-            log.info("stopped early: validation skipped (run `zsearch validate %s`)", config.source)
+            tell(f"stopped early: validation skipped (run `zsearch validate {config.source}` to validate now)")
         elif config.validation.top_k > 0:
             say(f"validating the baseline and the top {config.validation.top_k} trials on held-out seeds ...")
-            log_validation(validate(config, study, space, engine, scorers))
-    return export_best(config, study, store)
+            log_validation(validate(config, study, space, engine, scorers, progress=bars))
+    best = export_best(config, study, store)
+    records.note_run_end(study)
+    return best
+
+
+def tell(message: str) -> None:
+    """A status the person at the terminal must see, whatever --no-progress says; the log keeps it too."""
+    log.info(message)
+    print(f"zsearch: {message}", file=sys.stderr, flush=True)
+
+
+def _device_name(device: str) -> str:
+    """'auto' as what it picks here ('cuda (auto)'); a named device as named."""
+    from zsearch.engine.device import pick_device
+    picked = str(pick_device(device))
+    return f"{picked} (auto)" if device == "auto" else picked
 
 
 MAX_FAILS_IN_A_ROW = 5

@@ -26,14 +26,18 @@ from zsearch.study import stats
 from zsearch.study.choice import top_candidates
 from zsearch.search.evaluate import Evaluator, TrialFailed
 from zsearch.study.space import SearchSpace
+from zsearch.util.steps import step_bar
 
 SCREEN_ROLE = records.SCREEN_ROLE
 SCREEN_KEEP_P = 0.25  # a screening end this likely to differ from the baseline (two-sided) keeps its parameter
 log = logging.getLogger("zsearch")
 
 
-def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
-    """Score the baseline on the training seeds and on `noise.repeats` extra seed sets."""
+def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers,
+                  progress: Optional[bool] = None) -> Optional[dict]:
+    """Score the baseline on the training seeds and on `noise.repeats` extra seed sets.
+
+    `progress`: a step bar (None: on a terminal only; False: never)."""
     recorded = records.read_noise(study)
     if recorded is not None:
         return recorded.to_dict()
@@ -41,11 +45,15 @@ def measure_noise(config: Config, study: optuna.Study, space: SearchSpace, engin
         return None
     baseline = space.recipe(space.baseline())
     seed_sets = [list(config.seeds), *config.noise.seed_sets(config.seeds)]
-    try:
-        scores = [Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value for seeds in seed_sets]
-    except TrialFailed as exc:
-        log.warning("noise not measured: the baseline render failed (%s)", exc)
-        return None
+    scores = []
+    with step_bar("noise band", len(seed_sets), progress, unit="seed set") as bar:
+        for seeds in seed_sets:
+            try:
+                scores.append(Evaluator(config, engine, scorers, seeds=seeds).evaluate(baseline).value)
+            except TrialFailed as exc:
+                log.warning("noise not measured: the baseline render failed (%s)", exc)
+                return None
+            bar.update()
     noise = records.noise_from_scores(scores, seed_sets)
     records.write_noise(study, noise)
     return noise.to_dict()
@@ -58,30 +66,36 @@ def noise_std(study: optuna.Study) -> Optional[float]:
 
 # ---------------------------------------------------------------- validation
 
-def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers) -> Optional[dict]:
+def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, scorers,
+             progress: Optional[bool] = None) -> Optional[dict]:
     """Re-score the baseline and the top-k trials on the validation set; record and return it.
 
     Every row keeps its per-job held-out scores, so the chosen trial's gain is judged paired
     with the baseline on the same held-out jobs. Partial (pruned) trials are never validated.
     None when there is nothing to validate (no complete trial, or every render failed).
+    `progress`: a step bar (None: on a terminal only; False: never).
     """
     candidates = top_candidates(study.get_trials(deepcopy=False), config.validation.top_k)
     seeds = config.validation.seeds_for(config.seeds)
     evaluator = Evaluator(config, engine, scorers, prompts=config.validation_prompts, seeds=seeds)
     rows = []
-    for trial in candidates:
-        try:
-            evaluation = evaluator.evaluate(space.recipe(trial.params))
-        except TrialFailed as exc:
-            log.warning("validation of trial %d failed: %s", trial.number, exc)
-            continue
-        rows.append(records.ValidationRow(trial=trial.number, train=records.trial_score(trial),
-                                          validation=evaluation.value, baseline=records.is_baseline(trial),
-                                          jobs=evaluation.jobs))
+    with step_bar("validation", len(candidates), progress, unit="trial") as bar:
+        for trial in candidates:
+            try:
+                evaluation = evaluator.evaluate(space.recipe(trial.params))
+            except TrialFailed as exc:
+                log.warning("validation of trial %d failed: %s", trial.number, exc)
+                continue
+            finally:
+                bar.update()
+            rows.append(records.ValidationRow(trial=trial.number, train=records.trial_score(trial),
+                                              validation=evaluation.value, baseline=records.is_baseline(trial),
+                                              jobs=evaluation.jobs))
     if not rows:
         return None
     chosen = max(rows, key=lambda r: r.validation)
-    record = records.Validation(rows=rows, chosen=chosen.trial, seeds=seeds, prompts=len(config.validation_prompts))
+    record = records.Validation(rows=rows, chosen=chosen.trial, seeds=seeds, prompts=len(config.validation_prompts),
+                                same_prompts=config.validation_prompts == config.prompt_list)
     records.write_validation(study, record)
     return record.to_dict()
 

@@ -263,18 +263,61 @@ class Config(_Strict):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+INTERNAL_FIELDS = {"source", "prompt_list", "validation_prompts"}  # filled in by load_config
+
+
 def _one_line(error: ValidationError, source: Path) -> str:
-    first = error.errors()[0]
+    errors = error.errors()
+    # a misspelt required key shows as "missing" and "unknown" at once: the unknown key is the cause
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
-        return f"{source}: unknown key '{where}'; check its spelling (see configs/style.yaml)"
+        return f"{source}: unknown key '{where}'; {_spelling_hint(first['loc'])}"
     if kind == "missing":
         return f"{source}: '{where}' is required"
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
     return f"{source}: {where + ': ' if where else ''}{message}{shown}"
+
+
+def _spelling_hint(loc: tuple) -> str:
+    """'did you mean 'references'?' from the keys known where the unknown one stands."""
+    import difflib
+    known = [k for k in _keys_at(Config, loc[:-1]) if k not in INTERNAL_FIELDS]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'? (see configs/style.yaml)"
+    nested = [f"{k}.{loc[-1]}" for k in known if str(loc[-1]) in _keys_at(Config, (*loc[:-1], k))]
+    if nested:  # e.g. `sampler:` at the top, where it belongs under `search:`
+        return f"did you mean '{nested[0]}'? (see configs/style.yaml)"
+    return f"check its spelling; known keys here: {', '.join(known)}" if known else \
+        "check its spelling (see configs/style.yaml)"
+
+
+def _keys_at(model: type, loc: tuple) -> list[str]:
+    """The field names of the schema model that the path `loc` (keys and list indices) leads to."""
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is found from the list field's type
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> Optional[type]:
+    """The BaseModel inside a field's type (Optional[X], list[X], Union[...]), if any."""
+    import typing
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def validate_config(data: Any, source: Path) -> Config:

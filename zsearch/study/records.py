@@ -15,7 +15,8 @@ Per trial (user attributes):
 
 Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint,
 setup_failed (the run that set the study up failed before measuring: the fixed command may replace it),
-review (a person's choices in `zsearch review` and the ranking fitted to them).
+review (a person's choices in `zsearch review` and the ranking fitted to them),
+run_started / run_ended (the whole runs' span, set-up and validation included: the report's wall time).
 
 Review study (`<name>:review`, optuna-dashboard's preferential study): candidates, labels, pairs,
 search_study, seeds per study; candidate, pair, render per trial.
@@ -80,6 +81,9 @@ REVIEW_SEEDS = "seeds"
 CANDIDATE = "candidate"  # on a review trial: the search trial it shows
 RENDER = "render"  # on a review trial: the artifact id of its picture
 PAIR = "pair"  # on a review trial: which pair of the schedule it belongs to
+
+RUN_STARTED = "run_started"  # ISO time (local) the first `zsearch run` of the study began (set up, noise, ...)
+RUN_ENDED = "run_ended"  # ISO time (local) the latest `zsearch run` ended (after validation and best.*)
 
 
 def is_number(value: Any) -> bool:
@@ -267,6 +271,7 @@ class Validation:
     chosen: Optional[int]  # the trial best.* follow
     seeds: list[int] = field(default_factory=list)
     prompts: Optional[int] = None  # how many held-out prompts
+    same_prompts: Optional[bool] = None  # True: the training prompts with new seeds (the default); None: unknown
 
     @property
     def baseline_row(self) -> Optional[ValidationRow]:
@@ -289,7 +294,8 @@ class Validation:
 
     def to_dict(self) -> dict:
         return {"rows": [{**asdict(r), "gap": r.gap} for r in self.rows], "chosen": self.chosen,
-                "seeds": self.seeds, "prompts": self.prompts, "baseline": self.baseline}
+                "seeds": self.seeds, "prompts": self.prompts, "same_prompts": self.same_prompts,
+                "baseline": self.baseline}
 
     @classmethod
     def from_dict(cls, raw: Any) -> Optional["Validation"]:
@@ -306,7 +312,8 @@ class Validation:
         chosen = raw.get("chosen") if isinstance(raw.get("chosen"), int) else None
         seeds = [s for s in raw.get("seeds", []) if isinstance(s, int)] if isinstance(raw.get("seeds"), list) else []
         prompts = raw.get("prompts") if isinstance(raw.get("prompts"), int) else None
-        return cls(rows=rows, chosen=chosen, seeds=seeds, prompts=prompts)
+        same = raw.get("same_prompts") if isinstance(raw.get("same_prompts"), bool) else None
+        return cls(rows=rows, chosen=chosen, seeds=seeds, prompts=prompts, same_prompts=same)
 
 
 def read_review(study) -> Optional[dict]:
@@ -416,3 +423,37 @@ def count_words(counts: TrialCounts) -> str:
 
 def stopped_note(jobs_run: int, jobs: int) -> str:
     return f"partial: stopped after {jobs_run} of {jobs} jobs"
+
+
+# ------------------------------------------------------------ run span
+
+def _now() -> str:
+    from datetime import datetime
+    return datetime.now().isoformat()  # naive local time, as Optuna stamps its trials
+
+
+def note_run_start(study) -> None:
+    """Keep the first run's start: the report's wall time counts from there."""
+    if RUN_STARTED not in study.user_attrs:
+        study.set_user_attr(RUN_STARTED, _now())
+
+
+def note_run_end(study) -> None:
+    study.set_user_attr(RUN_ENDED, _now())
+
+
+def read_run_span(study) -> tuple[Optional[Any], Optional[Any]]:
+    """(first run's start, latest run's end) as naive local datetimes, comparable with Optuna's
+    trial times; None where unknown (a study of an older zsearch)."""
+    from datetime import datetime
+
+    def parse(value: Any):
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+        return when.replace(tzinfo=None)
+
+    attrs = study.user_attrs
+    return (parse(attrs[RUN_STARTED]) if RUN_STARTED in attrs else None,
+            parse(attrs[RUN_ENDED]) if RUN_ENDED in attrs else None)
