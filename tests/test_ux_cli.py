@@ -52,15 +52,6 @@ def test_dashboard_and_review_follow_one_port_rule(command, capsys):
         assert "1-65535" in err and "0 for any free one" in err and err.count("\n") == 1, err
 
 
-def _config(tmp_path, **data) -> str:
-    base = {"name": "x", "loras": [{"path": "a.safetensors", "ratio": 1.0, "search": {"ratio": [0, 1]}}],
-            "references": "refs", "prompts": ["a cat"]}
-    base.update(data)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return str(path)
-
-
 @pytest.mark.parametrize("change, expected", [
     (lambda d: d.update(refernces=d.pop("references")), "unknown key 'refernces'; did you mean 'references'?"),
     (lambda d: d.update(promts=d.pop("prompts")), "unknown key 'promts'; did you mean 'prompts'?"),
