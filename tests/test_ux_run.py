@@ -132,8 +132,8 @@ def test_ctrl_c_says_on_the_terminal_that_validation_was_skipped(tmp_path, demo_
     path = demo_config(tmp_path, demo_assets, name="stop", search={"trials": 4}, validation={"top_k": 2})
     update = progress.Progress.update
 
-    def interrupted_after_the_first_trial(self, done, best):  # the person presses Ctrl-C once
-        update(self, done, best)
+    def interrupted_after_the_first_trial(self, *args, **kwargs):  # the person presses Ctrl-C once
+        update(self, *args, **kwargs)
         signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(progress.Progress, "update", interrupted_after_the_first_trial)
