@@ -16,7 +16,7 @@ from search_helpers import demo_config, start, zsearch
 from zsearch.settings.load import check_inputs, load_config
 from zsearch.search import run as run_module
 from zsearch.search import session as session_module
-from zsearch.study.storage import make_sampler
+from zsearch.study.samplers import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -85,9 +85,9 @@ def _trials_sentence(facts: StudyFacts) -> str:
     if c.screening:
         text += f" {c.screening} of the complete trials are screening trials."
     if c.stopped_early:
-        text += (f" A trial stopped early ran only some of its jobs before the pruner judged it worse than the best: "
-                 f"its score is a stand-in, so it is never picked, validated, ranked for importance or drawn in the "
-                 f"slice plots.")
+        text += (" A trial stopped early ran only some of its jobs before the pruner judged it worse than the best: "
+                 "its score is a stand-in, so it is never picked, validated, ranked for importance or drawn in the "
+                 "slice plots.")
     text += f" Time spent: {duration(facts.wall_seconds)} of wall time"
     if facts.trial_seconds is not None:
         text += f", {duration(facts.trial_seconds)} per complete trial"
@@ -324,7 +324,7 @@ def effects(facts: StudyFacts, folder: Path, order: list[str]) -> list[Block]:
     if plots.slices(facts, order, folder / "slices.png"):
         shown = min(len(order), plots.MAX_SLICES)
         more = f" (the {shown} most important of {len(order)})" if len(order) > shown else ""
-        stopped = f" Trials stopped early are left out (their scores are stand-ins)." if facts.partial else ""
+        stopped = " Trials stopped early are left out (their scores are stand-ins)." if facts.partial else ""
         blocks += [Para(f"Score of each complete trial against each parameter{more}, over the parameter's whole search "
                         f"range: a clear slope or peak means the parameter matters; a flat cloud means it does not; "
                         f"a peak at an end of the axis means the best may lie beyond the range. Dashed: the "

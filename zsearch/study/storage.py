@@ -27,7 +27,7 @@ from zsearch.errors import UserError
 from zsearch.settings.fingerprint import FileHashes, same_measurement
 from zsearch.lora.recipe import load_recipe
 from zsearch.study.space import SearchSpace, screening_values
-from zsearch.study.samplers import STARTUP, STARTUP_TRIALS, make_sampler, sampler_name  # noqa: F401 - callers import them from here
+from zsearch.study.samplers import make_sampler
 from zsearch.study import records
 from zsearch.study.records import WORKER, RetryDeadTrial
 from zsearch.study.workers import WORKER_ID, is_dead
