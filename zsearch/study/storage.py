@@ -27,6 +27,7 @@ from zsearch.errors import UserError
 from zsearch.settings.fingerprint import FileHashes, same_measurement
 from zsearch.lora.recipe import load_recipe
 from zsearch.study.space import SearchSpace, screening_values
+from zsearch.study.distinct import DistinctPoints
 from zsearch.study.samplers import STARTUP, STARTUP_TRIALS, make_sampler, sampler_name  # noqa: F401 - callers import them from here
 from zsearch.study import records
 from zsearch.study.records import WORKER, RetryDeadTrial
@@ -219,7 +220,8 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
             except KeyError:
                 pass  # another worker replaced it first
     seed = config.search.seed if created else _resume_seed(config.search.seed, len(study.trials))
-    study.sampler = make_sampler(config, seed, len(space))  # the seed needed the trial count first
+    # the seed needed the trial count first; workers asking at once must not get the same point
+    study.sampler = DistinctPoints(make_sampler(config, seed, len(space)), seed=seed)
     study.pruner = make_pruner(config)
     if created or "fingerprint" not in study.user_attrs:  # (or its creator died while setting it up)
         _enqueue_first(config, space, study, start_recipes)
