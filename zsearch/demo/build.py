@@ -40,6 +40,9 @@ def build_demo(root: Path) -> DemoAssets:
         stamp = root / ".complete"
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:
             return assets
+        import sys
+        print(f"zsearch: building the demo's tiny models in {root} (once, about a minute) ...",
+              file=sys.stderr, flush=True)
         build_tiny_pipeline(assets.model_dir)
         if not all(path.exists() for path in assets.loras):
             write_demo_loras(assets)
@@ -55,8 +58,11 @@ def build_demo(root: Path) -> DemoAssets:
 def main() -> None:  # python -m zsearch.demo.build [DIR]
     import sys
 
+    from zsearch.util.quiet import quiet_libraries
+
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-assets")
-    assets = build_demo(root)
+    with quiet_libraries():
+        assets = build_demo(root)
     print(f"demo assets in {assets.root}")
 
 
