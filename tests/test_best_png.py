@@ -29,11 +29,15 @@ def _tile(grid: Image.Image, prompt: int, seed: int, side: int) -> np.ndarray:
                                  2 + prompt * (side + 2) + side, 2 + seed * (side + 2) + side)))
 
 
-def test_best_png_shows_references_baseline_and_best(tmp_path, demo_assets):
+@pytest.fixture(scope="module")
+def searched(demo_assets, tmp_path_factory):
     from zsearch.search.run import run
-    path = demo_config(tmp_path, demo_assets, search={"trials": 3})
-    config = load_config(path)
-    best = run(config, show_progress=False)
+    config = load_config(demo_config(tmp_path_factory.mktemp("best"), demo_assets, search={"trials": 3}))
+    return config, run(config, show_progress=False)
+
+
+def test_best_png_shows_references_baseline_and_best(searched, demo_assets):
+    config, best = searched
     picture = np.asarray(Image.open(config.out_dir / "best.png").convert("RGB"))
     side = demo_assets.width  # 64 px renders: shown at their own size (never scaled up)
 
@@ -64,3 +68,28 @@ def test_best_png_shows_references_baseline_and_best(tmp_path, demo_assets):
             assert w0[0] == b0[0] and w0[1] > b1[1] + side
     rows = sorted({found["baseline"][p][0][0][0] for p in range(3)})
     assert len(rows) == 3  # the prompts below each other
+
+
+def test_the_review_page_shows_the_references(searched, demo_assets):
+    """In the review study's note (above the pair on the dashboard's preference page), as an artifact."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+    from zsearch.review.candidates import pick_candidates
+    from zsearch.review.study import open_review
+    from zsearch.study.records import REVIEW_REFERENCES
+
+    config, _ = searched
+    storage = make_storage(config)
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    candidates = pick_candidates(study, 1)
+    store = artifact_store(config)
+    review = open_review(config, study, candidates, {}, store)
+    artifact = review.review.user_attrs[REVIEW_REFERENCES]
+    with store.open_reader(artifact) as reader:
+        sheet = np.asarray(Image.open(io.BytesIO(reader.read())).convert("RGB"))
+    for path in sorted(demo_assets.references.glob("*.png"))[:6]:
+        assert _find(sheet, np.asarray(Image.open(path).convert("RGB")))
+    study_id = storage.get_study_id_from_name(review.review.study_name)
+    note = get_note_from_system_attrs(storage.get_study_system_attrs(study_id), None)["body"]
+    assert f"/artifacts/{study_id}/{artifact}" in note
+    again = open_review(config, study, candidates, {}, store)  # reopened: the same picture, not another
+    assert again.review.user_attrs[REVIEW_REFERENCES] == artifact
