@@ -55,8 +55,9 @@ def _asked_together(url: str, wrap: bool) -> list[dict]:
         try:
             gp = optuna.samplers.GPSampler(seed=seed)
             _held_until_both_have_read(gp, barrier)
-            study = optuna.load_study(study_name="s", storage=url,
-                                      sampler=DistinctPoints(gp, seed=seed) if wrap else gp)
+            storage = optuna.storages.RDBStorage(url)
+            study = optuna.load_study(study_name="s", storage=storage,
+                                      sampler=DistinctPoints(gp, storage, seed=seed) if wrap else gp)
             trial = study.ask()
             points[seed] = {name: trial.suggest_float(name, d.low, d.high) for name, d in SPACE.items()}
         except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
@@ -110,7 +111,7 @@ def test_a_point_equal_to_a_finished_trial_is_asked_again(tmp_path):
             Insisting.asked += 1
             return dict(measured)
 
-    study.sampler = DistinctPoints(Insisting(seed=0), seed=5)
+    study.sampler = DistinctPoints(Insisting(seed=0), optuna.storages.RDBStorage(url), seed=5)
     trial = study.ask()
     point = {name: trial.suggest_float(name, d.low, d.high) for name, d in SPACE.items()}
     assert Insisting.asked == 3 and point != measured

@@ -40,8 +40,8 @@ def _interrupted(argv, capfd) -> None:
 
 def test_ctrl_c_while_building_the_demo(tmp_path, demo_assets, capfd, monkeypatch):
     """The demo's tiny pipeline is written and loaded again (diffusers' and transformers' bars)."""
-    from zsearch.demo import build
-    monkeypatch.setattr(build, "_load_pipeline", _then_interrupt(build._load_pipeline))
+    from zsearch.demo import clip
+    monkeypatch.setattr(clip, "load_pipeline", _then_interrupt(clip.load_pipeline))
     config = demo_config(tmp_path, demo_assets)
     data = yaml.safe_load(config.read_text())
     data["demo"] = str(tmp_path / "fresh-demo")

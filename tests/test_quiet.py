@@ -16,9 +16,9 @@ LIBRARY_LINES = ("Writing model shards", "Loading pipeline components", "Loading
 
 def _build_and_load(folder, quiet: bool) -> subprocess.CompletedProcess:
     code = ("import contextlib, sys\nfrom zsearch.util.quiet import quiet_libraries\n"
-            "from zsearch.demo.build import build_tiny_pipeline, _load_pipeline\n"
+            "from zsearch.demo.pipeline import build_tiny_pipeline, load_pipeline\n"
             f"with {'quiet_libraries()' if quiet else 'contextlib.nullcontext()'}:\n"
-            "    _load_pipeline(build_tiny_pipeline(sys.argv[1]))\n")
+            "    load_pipeline(build_tiny_pipeline(sys.argv[1]))\n")
     return subprocess.run([sys.executable, "-c", code, str(folder)], env=env(), cwd=REPO, capture_output=True,
                           text=True, timeout=600)
 

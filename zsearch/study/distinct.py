@@ -30,10 +30,10 @@ def point_key(params: dict[str, Any], names) -> Optional[str]:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _taken_keys(study: optuna.Study, trial: FrozenTrial, names) -> set[str]:
+def _taken_keys(storage, study_id: int, trial: FrozenTrial, names) -> set[str]:
     """The points of every other trial: finished, running (published or suggested) or queued."""
     keys = set()
-    for other in study._storage.get_all_trials(study._study_id, deepcopy=False):
+    for other in storage.get_all_trials(study_id, deepcopy=False):
         if other.number == trial.number:
             continue
         if POINT in other.system_attrs:
@@ -48,8 +48,10 @@ def _taken_keys(study: optuna.Study, trial: FrozenTrial, names) -> set[str]:
 class DistinctPoints(optuna.samplers.BaseSampler):
     """A sampler whose relative points never repeat another trial's in the same study."""
 
-    def __init__(self, inner: optuna.samplers.BaseSampler, seed: Optional[int] = None):
+    def __init__(self, inner: optuna.samplers.BaseSampler, storage: optuna.storages.BaseStorage,
+                 seed: Optional[int] = None):
         self.inner = inner
+        self.storage = storage  # the study's own storage (or another object on the same database)
         self._random = optuna.samplers.RandomSampler(seed=seed)
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
@@ -69,8 +71,10 @@ class DistinctPoints(optuna.samplers.BaseSampler):
     def _claim(self, study, trial, params: dict[str, Any], names) -> bool:
         """Publish the point, then check that no other trial has it (write first, then read)."""
         key = point_key(params, names)
-        study._storage.set_trial_system_attr(trial._trial_id, POINT, key)
-        return key not in _taken_keys(study, trial, names)
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        self.storage.set_trial_system_attr(trial_id, POINT, key)
+        return key not in _taken_keys(self.storage, study_id, trial, names)
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
         return self.inner.sample_independent(study, trial, param_name, param_distribution)

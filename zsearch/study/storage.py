@@ -221,7 +221,7 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
                 pass  # another worker replaced it first
     seed = config.search.seed if created else _resume_seed(config.search.seed, len(study.trials))
     # the seed needed the trial count first; workers asking at once must not get the same point
-    study.sampler = DistinctPoints(make_sampler(config, seed, len(space)), seed=seed)
+    study.sampler = DistinctPoints(make_sampler(config, seed, len(space)), storage, seed=seed)
     study.pruner = make_pruner(config)
     if created or "fingerprint" not in study.user_attrs:  # (or its creator died while setting it up)
         _enqueue_first(config, space, study, start_recipes)

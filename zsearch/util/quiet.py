@@ -46,14 +46,13 @@ def _hub(module) -> Callable[[], None]:
 
 
 def _optuna(module) -> Callable[[], None]:
-    """Optuna's stderr handler ('[I …] A new study created in RDB'), made now so that Optuna does
-    not make another; `zsearch run` keeps Optuna's lines in zsearch.log (search/log.py)."""
-    module._configure_library_root_logger()
-    logger, handler = logging.getLogger("optuna"), module._default_handler
-    if handler not in logger.handlers:
-        return lambda: None
-    logger.removeHandler(handler)
-    return lambda: logger.addHandler(handler)
+    """Optuna's stderr handler ('[I …] A new study created in RDB'); `zsearch run` keeps Optuna's
+    lines in zsearch.log through its own handler (search/log.py)."""
+    logger = logging.getLogger("optuna")
+    before = list(logger.handlers)
+    module.disable_default_handler()  # makes Optuna's handler first, so that none comes later
+    removed = [handler for handler in before if handler not in logger.handlers]
+    return lambda: [logger.addHandler(handler) for handler in removed]
 
 
 # module -> silence(module) returning its undo
