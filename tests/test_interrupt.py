@@ -68,7 +68,7 @@ def test_ctrl_c_during_a_search(tmp_path, demo_assets, capfd, monkeypatch, stage
 
 def test_ctrl_c_while_the_review_sets_up(tmp_path, demo_assets, capfd, monkeypatch):
     """Opening the review creates its preference study (Optuna: "A new study created in RDB")."""
-    from zsearch.review import session
+    from zsearch.review import study as session
     from zsearch.search.run import run
     from zsearch.settings.load import load_config
     config = demo_config(tmp_path, demo_assets, search={"trials": 2})
