@@ -124,10 +124,12 @@ def quiet_libraries() -> Iterator[None]:
     finally:
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
-        for step in reversed(undo):
-            step()
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        with warnings.catch_warnings():  # e.g. huggingface_hub: "cannot enable progress bars"
+            warnings.simplefilter("ignore")
+            for step in reversed(undo):
+                step()
