@@ -13,11 +13,13 @@ import threading
 from types import SimpleNamespace
 
 import optuna
+import pytest
 from sqlalchemy import event
 
 from zsearch.study.storage import make_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked, not optimised, here
 
 
 def test_a_queued_trial_goes_to_one_worker_only(tmp_path):
