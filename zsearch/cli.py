@@ -13,6 +13,7 @@ import sys
 
 from zsearch import __version__
 from zsearch.errors import UserError
+from zsearch.util.quiet import quiet_libraries
 
 # Sub-command modules; each has `register(subparsers)` that sets `func` on its parser.
 COMMAND_MODULES = ("lora_tools", "search_tools", "report_tools", "review", "comfyui")
@@ -57,24 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_library_warnings() -> None:
-    """Libraries flag features as experimental and load with progress bars; zsearch's own
-    progress bar and log file say what a user needs."""
-    import warnings
-    warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
-    warnings.filterwarnings("ignore", message=".*is experimental \\(supported from.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import os
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
 def main(argv: list[str] | None = None) -> int:
-    _quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = int(args.func(args) or 0)
+        with quiet_libraries():  # zsearch's own lines only: no library bars, banners or INFO
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
         return code
     except UserError as exc:

@@ -19,7 +19,7 @@ The demo is a miniature of real use:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import sys
 from pathlib import Path
 
 from zsearch.demo.aesthetic import build_aesthetic_head
@@ -29,6 +29,7 @@ from zsearch.demo.loras import write_demo_loras
 from zsearch.demo.pipeline import build_tiny_pipeline
 from zsearch.demo.references import render_references
 from zsearch.demo.spec import BUILD_VERSION, CLIP_CONFIG, JUDGE_WEIGHTINGS, DemoAssets, PROMPTS, demo_assets
+from zsearch.util.quiet import quiet_libraries
 from zsearch.util.steps import step_bar
 
 
@@ -42,8 +43,10 @@ def build_demo(root: Path) -> DemoAssets:
         stamp = root / ".complete"
         if stamp.exists() and stamp.read_text() == BUILD_VERSION:
             return assets
+        print(f"zsearch: building the demo's tiny models in {root} (once, about a minute) ...",
+              file=sys.stderr, flush=True)
         # zsearch's own steps (the judge's renders are most of the time), not the libraries' bars
-        with step_bar("building the demo models (once)", BUILD_STEPS) as bar, _library_bars_off():
+        with step_bar("building the demo models (once)", BUILD_STEPS) as bar, quiet_libraries():
             build_tiny_pipeline(assets.model_dir)
             bar.update()
             if not all(path.exists() for path in assets.loras):
@@ -63,27 +66,10 @@ def build_demo(root: Path) -> DemoAssets:
 BUILD_STEPS = 4 + JUDGE_WEIGHTINGS  # pipeline, LoRAs, the judge's renders and its training, references
 
 
-@contextmanager
-def _library_bars_off():
-    """diffusers' and transformers' loading bars off while the demo builds (as they were after)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-    was = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
-    for lib, _ in was:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, enabled in was:
-            if enabled:
-                lib.enable_progress_bar()
-
-
 def main() -> None:  # python -m zsearch.demo.build [DIR]
-    import sys
-
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-assets")
-    assets = build_demo(root)
+    with quiet_libraries():
+        assets = build_demo(root)
     print(f"demo assets in {assets.root}")
 
 

@@ -60,6 +60,7 @@ def quiet_hub():
     from transformers.utils import logging as transformers_logging
 
     before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
@@ -69,5 +70,7 @@ def quiet_hub():
     finally:
         diffusers_logging.set_verbosity(before[0])
         transformers_logging.set_verbosity(before[1])
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
+        if bars[0]:  # as they were: the command's edge may have silenced them (util/quiet.py)
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()

@@ -1,4 +1,4 @@
-"""The best outputs: best.yaml (recipe), best.safetensors (its merge), best.png (baseline vs best).
+"""The best outputs: best.yaml (recipe), best.safetensors (its merge), best.png (references, baseline, best).
 
 Written from the study's storage alone, so any machine that reaches the storage (and the
 artifact folder) can export them; a file lock and atomic renames keep two workers from
@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from zsearch import __version__
 from zsearch.settings.schema import Config
-from zsearch.outputs.grid import save_png, stack_labelled
+from zsearch.outputs.grid import REFERENCES_SHOWN, comparison, job_tiles, save_png
+from zsearch.util.images import image_files
 from zsearch.lora.merge import merge_recipe
 from zsearch.lora.write import merge_metadata, save_lora
 from zsearch.outputs.provenance import provenance_metadata
@@ -121,7 +122,7 @@ def export_best(config: Config, study: optuna.Study, store, force: bool = False)
                     **provenance_metadata(config, recipe, recipe.info["scores"]),
                     "zsearch.chosen_by": json.dumps(recipe.info["chosen_by"])}
         save_lora(tensors, target, metadata=metadata, force=True, inputs=[lw.path for lw in recipe.loras])
-        _write_comparison(study, store, trial, out / "best.png")
+        _write_comparison(config, study, store, trial, out / "best.png")
         save_recipe(recipe, out / "best.yaml")  # last: it marks the set as complete
     return trial
 
@@ -140,16 +141,31 @@ def _load_grid(store, trial: Optional[FrozenTrial]) -> Optional[Image.Image]:
     return None
 
 
-def _write_comparison(study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
-    rows = []
+def reference_images(config: Config, limit: int = REFERENCES_SHOWN) -> list[Image.Image]:
+    """The first reference images of the config (those that read), for the pictures a person sees."""
+    images = []
+    for path in image_files(config.references)[:limit]:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except OSError:
+            continue
+    return images
+
+
+def _write_comparison(config: Config, study: optuna.Study, store, best: FrozenTrial, path: Path) -> None:
+    """best.png: the references, then per prompt a few seeds of the baseline and of the best."""
+    prompts = config.prompt_list
+    columns = []
     baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     validation = records.read_validation(study)
     for label, trial in (("baseline", baseline), (f"best (trial {best.number})", best)):
         grid = _load_grid(store, trial)
-        if grid is not None:
-            rows.append((f"{label}  {_score_label(trial, validation)}", grid))
-    if rows:
-        save_png(stack_labelled(rows), path)
+        tiles = job_tiles(grid, len(prompts), len(config.seeds)) if grid is not None else None
+        if tiles is not None:
+            columns.append((f"{label}  {_score_label(trial, validation)}", tiles))
+    if columns:
+        save_png(comparison(reference_images(config), columns, prompts), path)
     else:
         path.unlink(missing_ok=True)  # no renders to show: never leave an older best's picture
 

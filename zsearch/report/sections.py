@@ -417,10 +417,11 @@ def _change(gap: float) -> str:
 def grid(facts: StudyFacts, best_png: Optional[Path], config_path: str) -> list[Block]:
     blocks: list[Block] = [Heading(2, HEADINGS["grid"])]
     if best_png is None:
-        blocks.append(Para(f"No best.png yet; `zsearch best {config_path}` draws it (baseline row vs best row)."))
+        blocks.append(Para(f"No best.png yet; `zsearch best {config_path}` draws it (the references, the baseline and the best)."))
     else:
-        blocks += [Para("Top: plain stacking (the baseline); bottom: the best weighting; one column per prompt, "
-                        "the seeds below each other."), Image("best.png", "baseline vs best")]
+        blocks += [Para("Top: the reference images; below, prompt by prompt, a few seeds of plain stacking "
+                        "(the baseline) beside the same seeds of the best weighting."),
+                   Image("best.png", "references, baseline and best")]
     table = _per_prompt(facts)
     if table is not None:
         blocks.append(table)

@@ -68,7 +68,32 @@ def open_review(config: Config, study: optuna.Study, candidates: list[FrozenTria
         review.set_user_attr(records.REVIEW_PAIRS, [list(p) for p in round_robin(len(numbers))])
         review.set_user_attr(records.REVIEW_SEARCH_STUDY, config.name)
         review.set_user_attr(records.REVIEW_SEEDS, review_seeds(config))
+    if records.REVIEW_REFERENCES not in review.user_attrs:
+        show_references(config, storage, name, store)
     return Review(study, review, storage, renders, store)
+
+
+def show_references(config: Config, storage, name: str, store) -> None:
+    """The references beside the pairs: a small picture of them, uploaded to the review study
+    and shown in its note (the dashboard's preference page shows the note above the pair)."""
+    from optuna_dashboard import save_note
+    from zsearch.outputs.best import reference_images
+    from zsearch.outputs.grid import image_row, save_png
+
+    images = reference_images(config)
+    if not images:
+        return
+    review = optuna.load_study(study_name=name, storage=storage)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "references.png"
+        save_png(image_row(images), path)
+        artifact = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=review,
+                                   mimetype="image/png")
+    review.set_user_attr(records.REVIEW_REFERENCES, artifact)
+    study_id = storage.get_study_id_from_name(name)
+    save_note(review, f"## The look you are after: the references ({len(images)} shown)\n\n"
+                      f"![references](/artifacts/{study_id}/{artifact})\n\n"
+                      f"Click **Worst** on the render further from this look.\n")
 
 
 class Review:

@@ -78,6 +78,7 @@ REVIEW_LABELS = "labels"  # {trial number: "A", ...}: renders are shown blind
 REVIEW_PAIRS = "pairs"  # the round-robin schedule, as positions in the candidates
 REVIEW_SEARCH_STUDY = "search_study"
 REVIEW_SEEDS = "seeds"
+REVIEW_REFERENCES = "references_artifact"  # on the review study: the picture of the references
 CANDIDATE = "candidate"  # on a review trial: the search trial it shows
 RENDER = "render"  # on a review trial: the artifact id of its picture
 PAIR = "pair"  # on a review trial: which pair of the schedule it belongs to

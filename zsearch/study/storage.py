@@ -27,6 +27,7 @@ from zsearch.errors import UserError
 from zsearch.settings.fingerprint import FileHashes, same_measurement
 from zsearch.lora.recipe import load_recipe
 from zsearch.study.space import SearchSpace, screening_values
+from zsearch.study.distinct import DistinctPoints
 from zsearch.study.samplers import make_sampler
 from zsearch.study import records
 from zsearch.study.records import WORKER, RetryDeadTrial
@@ -75,9 +76,26 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     params = inspect.signature(optuna.storages.RDBStorage).parameters
     callback = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
                 else "failed_trial_callback")
-    return optuna.storages.RDBStorage(
+    sqlite = url.startswith("sqlite")
+    storage = optuna.storages.RDBStorage(
         url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{callback: retry_failed()},
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+        # the driver's own transactions off: _one_writer_at_a_time begins them
+        engine_kwargs={"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None)
+    if sqlite:
+        _one_writer_at_a_time(storage.engine)
+    return storage
+
+
+def _one_writer_at_a_time(engine) -> None:
+    """SQLite: every transaction takes the write lock as it begins (BEGIN IMMEDIATE).
+
+    Optuna hands a queued trial out by reading that it waits, then marking it running; PostgreSQL
+    locks the row in between, SQLite ignores that lock, so two workers could both run the trial.
+    With the lock taken first, the second reads "running" and gets a trial of its own.
+    """
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def make_storage(config: Config) -> optuna.storages.BaseStorage:
@@ -219,7 +237,8 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
             except KeyError:
                 pass  # another worker replaced it first
     seed = config.search.seed if created else _resume_seed(config.search.seed, len(study.trials))
-    study.sampler = make_sampler(config, seed, len(space))  # the seed needed the trial count first
+    # the seed needed the trial count first; workers asking at once must not get the same point
+    study.sampler = DistinctPoints(make_sampler(config, seed, len(space)), storage, seed=seed)
     study.pruner = make_pruner(config)
     if created or "fingerprint" not in study.user_attrs:  # (or its creator died while setting it up)
         _enqueue_first(config, space, study, start_recipes)

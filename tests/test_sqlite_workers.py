@@ -1,0 +1,56 @@
+"""Workers sharing a SQLite study: a queued trial (the baseline, a screening point, a start
+recipe) goes to one worker only.
+
+Optuna hands a queued trial out by reading that it waits, then marking it running. PostgreSQL
+locks the row between the two; SQLite ignores that lock, so two workers could both read
+"waiting" and both run the trial. Here worker A is held between its read and its write until
+worker B has asked too (or 5 s have passed, when B waits for A's lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from sqlalchemy import event
+
+from zsearch.study.storage import make_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked, not optimised, here
+
+
+def test_a_queued_trial_goes_to_one_worker_only(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage_a, storage_b = (make_storage(SimpleNamespace(storage_url=url)) for _ in range(2))
+    study_a = optuna.create_study(study_name="s", storage=storage_a)
+    study_a.enqueue_trial({"x": 1.0})
+    study_b = optuna.load_study(study_name="s", storage=storage_b)
+    armed, a_has_read, b_has_asked = threading.Event(), threading.Event(), threading.Event()
+
+    @event.listens_for(storage_a.engine, "after_cursor_execute")
+    def hold_after_reading_the_trial(conn, cursor, statement, *args):
+        if armed.is_set() and statement.lstrip().upper().startswith("SELECT") and "trial_id = ?" in statement:
+            armed.clear()
+            a_has_read.set()
+            b_has_asked.wait(5)
+
+    numbers = {}
+
+    def ask(name, study):
+        numbers[name] = study.ask().number
+        if name == "b":
+            b_has_asked.set()
+
+    armed.set()
+    a = threading.Thread(target=ask, args=("a", study_a))
+    a.start()
+    assert a_has_read.wait(60)
+    b = threading.Thread(target=ask, args=("b", study_b))
+    b.start()
+    for thread in (a, b):
+        thread.join(120)
+    assert sorted(numbers.values()) == [0, 1], numbers  # one ran the queued trial, the other a new one
+    assert numbers["a"] == 0  # the queued trial is A's: it read first
