@@ -47,7 +47,7 @@ from zsearch.search import pruning
 from zsearch.study import records
 from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.study.samplers import STARTUP, STARTUP_TRIALS, SobolStartup, make_sampler  # noqa: E402
-from zsearch.study.storage import make_pruner  # noqa: E402
+from zsearch.study.opening import make_pruner  # noqa: E402
 
 PAIR_SPACE = {"ratio": [0.0, 1.5], "components": [0.25, 1.75], "layers": "bands", "tie": ["attn", "ffn"]}
 PAIR_FORMATS = (("kohya", 2.0), ("diffusers", 8.0))  # (format, alpha) of each LoRA, rank 4

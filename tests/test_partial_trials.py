@@ -24,7 +24,7 @@ from zsearch.search.progress import Progress
 from zsearch.settings.load import check_inputs, load_config
 from zsearch.study import records
 from zsearch.study.space import SearchSpace
-from zsearch.study.storage import open_study
+from zsearch.study.opening import open_study
 
 
 @pytest.fixture(scope="module")

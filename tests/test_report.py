@@ -17,7 +17,7 @@ from search_helpers import demo_config, zsearch
 from zsearch.cli import main
 from zsearch.settings.load import parse_config
 from zsearch.report import write_report
-from zsearch.study.storage import open_existing_study
+from zsearch.study.opening import open_existing_study
 from zsearch.report.facts import duration, gather
 from zsearch.report.sections import HEADINGS
 

@@ -104,7 +104,7 @@ def test_a_study_another_worker_is_still_setting_up_is_never_deleted(tmp_path, d
     study stays; once the first run has failed, the second may replace it."""
     from zsearch.settings.load import load_config
     from zsearch.search.session import Session
-    from zsearch.study.storage import mark_setup_failed
+    from zsearch.study.opening import mark_setup_failed
 
     first = Session(load_config(demo_config(tmp_path, demo_assets, search={"trials": 2})))
     study = first.study  # set up, then (as far as anyone can tell) loading the model

@@ -13,7 +13,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 import optuna._gp.gp as optuna_gp
-from zsearch.study import storage
+from zsearch.study import opening
 from zsearch.study.samplers import BoundedGPSampler, SobolStartup, make_sampler, sampler_name
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -121,4 +121,4 @@ def test_auto_is_the_bounded_gp_at_every_size(n_params):
     assert sampler_name(config, n_params) == "gp"
     sampler = make_sampler(config, seed=0, n_params=n_params)
     assert isinstance(sampler, BoundedGPSampler)
-    assert storage.make_sampler is make_sampler  # the study's callers build the same sampler
+    assert opening.make_sampler is make_sampler  # the study's opener builds the same sampler

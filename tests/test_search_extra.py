@@ -179,7 +179,7 @@ def test_a_trial_the_pruner_stops_completes_as_partial_and_is_never_picked_or_va
 
     from zsearch.study import records
     from zsearch.study.space import SearchSpace
-    from zsearch.study.storage import open_study
+    from zsearch.study.opening import open_study
 
     config = loaded(demo_config(tmp_path, demo_assets, render={"batch": 2}, search={"trials": 4, "prune": True},
                                 validation={"top_k": 3}))

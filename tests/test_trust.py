@@ -70,7 +70,7 @@ def test_a_weighting_that_wins_only_on_training_seeds_is_not_picked(tmp_path, de
     space = SearchSpace(config)
     # Plant a trial that "won" on the training seeds with a score no real render reaches: every
     # LoRA component switched off. Validation renders it for real, on new seeds.
-    from zsearch.study.storage import open_study
+    from zsearch.study.opening import open_study
     study = open_study(config, space)
     planted = {name: 0.0 for name in space.describe()}
     study.add_trial(create_trial(params=planted, value=10.0, user_attrs={"score": 10.0},

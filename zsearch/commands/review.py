@@ -26,9 +26,10 @@ def cmd_review(args) -> int:
     from zsearch.review.candidates import pick_candidates, render_candidates
     from zsearch.review.server import ReviewServer
     from zsearch.review.study import open_review
-    from zsearch.study.storage import artifact_store, check_fingerprint, make_storage
+    from zsearch.study.storage import artifact_store, make_storage
+    from zsearch.study.opening import check_fingerprint
     from zsearch.outputs.summary import best_summary
-    from zsearch.study.storage import open_existing_study
+    from zsearch.study.opening import open_existing_study
 
     config = load_for_rendering(args.config)
     study = open_existing_study(config)

@@ -10,7 +10,7 @@ from zsearch.settings.load import check_inputs, check_writable_folder, load_conf
 from zsearch.commands.configs import load_for_rendering
 from zsearch.errors import UserError
 from zsearch.outputs.summary import best_summary
-from zsearch.study.storage import open_existing_study
+from zsearch.study.opening import open_existing_study
 
 
 def register(sub) -> None:
@@ -70,7 +70,8 @@ def cmd_run(args) -> int:
 
 def cmd_best(args) -> int:
     from zsearch.outputs.best import export_best
-    from zsearch.study.storage import artifact_store, check_fingerprint
+    from zsearch.study.storage import artifact_store
+    from zsearch.study.opening import check_fingerprint
     config = load_config(args.config)
     study = open_existing_study(config)
     check_inputs(config)

@@ -19,7 +19,7 @@ import optuna
 
 from zsearch.settings.schema import Config
 from zsearch.report import importance, sections, terms
-from zsearch.study.storage import open_existing_study
+from zsearch.study.opening import open_existing_study
 from zsearch.outputs.best import read_best_info
 from zsearch.report.facts import StudyFacts, gather, is_screening, trial_score
 from zsearch.report.page import Heading, Para, to_html, to_markdown

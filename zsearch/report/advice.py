@@ -124,7 +124,7 @@ def summary_lines(config) -> list[str]:
     """For the run's terminal summary: the trial counts and the advice, read from the config's
     study (nothing when there is no study to read)."""
     from zsearch.errors import UserError
-    from zsearch.study.storage import open_existing_study
+    from zsearch.study.opening import open_existing_study
     from zsearch.report.facts import gather
     from zsearch.study import records
 

@@ -23,7 +23,7 @@ from zsearch.search.objective import Objective
 from zsearch.search.progress import Progress
 from zsearch.search.session import Session
 from zsearch.search.signals import GracefulStop
-from zsearch.study.storage import mark_setup_failed
+from zsearch.study.opening import mark_setup_failed
 from zsearch.study.space import SearchSpace
 from zsearch.search.trust import analyse_screening, frozen_params, measure_noise, validate
 from zsearch.study.workers import Lease

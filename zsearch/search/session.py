@@ -12,7 +12,8 @@ from zsearch.settings.schema import Config
 from zsearch.settings.load import check_inputs, check_setup
 from zsearch.search.evaluate import Scorers
 from zsearch.study.space import SearchSpace
-from zsearch.study.storage import artifact_store, open_study
+from zsearch.study.storage import artifact_store
+from zsearch.study.opening import open_study
 
 
 def prepare(config: Config) -> None:

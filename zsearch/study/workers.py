@@ -9,12 +9,20 @@ heartbeat instead.
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from pathlib import Path
 from typing import Optional
 
+import optuna
 from filelock import FileLock, Timeout
+from optuna.trial import TrialState
+
+from zsearch.settings.schema import Config
+from zsearch.study.records import WORKER, RetryDeadTrial
+
+log = logging.getLogger("zsearch")
 
 WORKER_ID = f"{socket.gethostname()}-{uuid.uuid4().hex}"  # one per process
 
@@ -58,3 +66,25 @@ def is_dead(folder: Path, worker: Optional[str]) -> bool:
     lock.release()
     path.unlink(missing_ok=True)
     return True
+
+
+MAX_RETRIES = 2  # a trial whose worker died is run again at most this often
+
+
+def retry_failed() -> RetryDeadTrial:
+    return RetryDeadTrial(max_retry=MAX_RETRIES)
+
+
+def fail_dead_workers(config: Config, study: optuna.Study) -> int:
+    """Fail and retry the running trials of workers that died on this machine (kill -9, power cut)."""
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_dead(config.out_dir, trial.user_attrs.get(WORKER)):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        failed = study.get_trials(deepcopy=False)[trial.number]
+        if failed.state == TrialState.FAIL:
+            log.warning("trial %d: its worker died; running it again", trial.number)
+            retry_failed()(study, failed)  # the same bounded retry as the heartbeat's
+            recovered += 1
+    return recovered
