@@ -106,9 +106,12 @@ def test_diffsynth_without_default_and_peft_prefix(tmp_path):
     d = torch.randn(2, DIM)
     u = torch.randn(DIM, 2)
     for prefix in ("", "base_model.model."):
-        path = tmp_path / f"x{len(prefix)}.safetensors"
+        path = tmp_path / f"x{len(prefix)}" / "x.safetensors"
+        path.parent.mkdir()
         save_file({f"{prefix}layers.1.attention.to_v.lora_A.weight": d,
                    f"{prefix}layers.1.attention.to_v.lora_B.weight": u}, str(path))
+        if prefix:  # PEFT's keys: the scale is in the adapter_config.json beside the file
+            (path.parent / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
         assert torch.equal(load_lora(path).modules["layers.1.attention.to_v"].up, u)
 
 

@@ -34,8 +34,14 @@ from zsearch.util.steps import step_bar
 
 
 def build_demo(root: Path) -> DemoAssets:
-    """Build (or reuse) every demo asset under `root`; safe to call from several processes."""
-    root = Path(root)
+    """Build (or reuse) every demo asset under `root`; safe to call from several processes, and
+    under torch.no_grad() or torch.inference_mode() (the judge's training turns grad back on)."""
+    from zsearch.demo.judge import training_enabled
+    with training_enabled():
+        return _build_demo(Path(root))
+
+
+def _build_demo(root: Path) -> DemoAssets:
     root.mkdir(parents=True, exist_ok=True)
     assets = demo_assets(root)
     build_aesthetic_head(root / "aesthetic-head.safetensors", CLIP_CONFIG["model_cfg"]["embed_dim"])

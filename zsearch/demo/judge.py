@@ -10,6 +10,8 @@ as any other.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +70,30 @@ def targets(look: torch.Tensor, codes: torch.Tensor, embed_dim: int, radius2: fl
     return F.pad(out, (0, embed_dim - out.shape[1]))
 
 
+@contextmanager
+def training_enabled():
+    """Gradients on and inference mode off, whatever the caller set (a benchmark builds the demo
+    inside torch.no_grad() or torch.inference_mode()): tensors made inside can be trained."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _trainable(model: torch.nn.Module) -> None:
+    """Parameters and buffers made under inference mode cannot be updated or saved for backward
+    outside it: replace them by ordinary copies (a no-op for a model made with grad on)."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_inference():
+                module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_inference():
+                module._buffers[name] = buffer.clone()
+
+
+def _ordinary(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
 def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_index: torch.Tensor,
                 prompts: list[str], tokenizer, preprocess, seed: int = 0, steps: int | None = None) -> dict:
     """Teach `model` (an open_clip CLIP) the looks of `images` and their prompts; returns fit figures.
@@ -75,7 +101,15 @@ def train_judge(model, images: torch.Tensor, look_index: torch.Tensor, prompt_in
     images (N, 3, H, W) in [0, 1]; look_index (N,) groups the images of one weighting (its
     renders of other seeds and prompts); prompt_index (N,) points into `prompts`. An image's look
     target is its group's mean statistics: what the weighting gives, with the seed averaged out.
+    Works under torch.no_grad() and torch.inference_mode() too: it turns training back on.
     """
+    with training_enabled():
+        _trainable(model)
+        return _train(model, _ordinary(images), _ordinary(look_index), _ordinary(prompt_index), prompts, tokenizer,
+                      preprocess, seed, steps)
+
+
+def _train(model, images, look_index, prompt_index, prompts, tokenizer, preprocess, seed, steps) -> dict:
     steps = TRAIN_STEPS if steps is None else steps
     embed_dim = model.text_projection.shape[1] if model.text_projection is not None else model.embed_dim
     per_image = look_features(images)

@@ -73,6 +73,7 @@ def inspect_lora(lora: Lora) -> dict:
     return {
         "path": str(lora.path),
         "format": lora.format,
+        "scale_source": lora.scale_source,
         "dim": lora.dim,
         "modules": len(lora.modules),
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
@@ -127,15 +128,16 @@ def format_report(info: dict) -> str:
             return f"{kind}scale {a['scale']:g}"
         return f"{kind}{a['alpha']:g} at rank {a['rank']} (scale {a['scale']:g})"
     alphas = ", ".join(alpha_text(a) + f" x{a['modules']}" for a in info["alpha"])
-    lines = [
+    lines = [line for line in [
         info["path"],
         f"  format  {info['format']}    width {info['dim']} ({model})    {info['modules']} modules ({kinds})",
         f"  rank    {ranks}",
         f"  alpha   {alphas}",
+        f"  scale   from {info['scale_source']}" if info.get("scale_source") else None,
         "",
         "  ||dW||_F per component and band (covered/total blocks where not all are covered)",
         "  " + f"{'':8}" + "".join(f"{b:>17}" for b in BANDS) + "   layers covered",
-    ]
+    ] if line is not None]
     for component in COMPONENTS:
         norms = info["norms"].get(component, {})
         counts = info["modules_per_band"].get(component, {})

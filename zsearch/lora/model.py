@@ -135,6 +135,7 @@ class Lora:
     dim: int  # transformer width D the file was trained for (3840 for Z-Image-Turbo)
     modules: dict[str, AnyModule] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    scale_source: str = ""  # where the modules' scale was read (the file's alpha, a PEFT config, none)
 
     @property
     def kinds(self) -> set[str]:

@@ -26,6 +26,7 @@ import math
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -49,6 +50,7 @@ def load_lora(path: str | os.PathLike) -> Lora:
     refuse_other_models(path, tensors)
     refuse_other_adapters(path, list(tensors))
     groups, fmt = group_keys(path, tensors)
+    config.require(groups)
     modules = _build_modules(path, groups, config)
     if not modules:
         raise UserError(f"{path}: every weight in it is zero; it changes nothing (re-export it)")
@@ -59,7 +61,8 @@ def load_lora(path: str | os.PathLike) -> Lora:
                         f"{ZIMAGE_TURBO_DIM}); this is a {model} LoRA, not a Z-Image one")
     _check_shapes(path, modules, dim)
     ordered = {p: modules[p] for p in sorted(modules, key=model_order)}
-    return Lora(path=path, format=fmt_hint or fmt, dim=dim, modules=ordered, metadata=metadata)
+    return Lora(path=path, format=fmt_hint or fmt, dim=dim, modules=ordered, metadata=metadata,
+                scale_source=_scale_source(groups, config))
 
 
 def load_loras(paths: Iterable[str | os.PathLike]) -> list[Lora]:
@@ -74,22 +77,76 @@ def load_loras(paths: Iterable[str | os.PathLike]) -> list[Lora]:
 
 
 # -- reading the file ----------------------------------------------------------------------------
-def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict, str | None]:
-    """(tensors, metadata, PEFT config or {}, format name if the layout fixes it)."""
+PEFT_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes, beside PEFT_CONFIG
+PEFT_CONFIG = "adapter_config.json"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights
+METADATA_CONFIG = "lora_adapter_metadata"  # where save_lora_weights keeps the PEFT config
+PEFT_KEY_PREFIX = "base_model.model."
+
+
+@dataclass
+class AdapterConfig:
+    """The PEFT config that holds a file's scale outside its tensors (r, lora_alpha, patterns,
+    use_rslora), and where it was read: adapter_config.json beside the weights (a PEFT folder, or
+    its file given alone) or the safetensors metadata. `missing` names the config file that a
+    file with PEFT keys needs and lacks; `require` refuses such a file once its keys are known."""
+
+    values: dict = field(default_factory=dict)
+    source: str | None = None
+    missing: Path | None = None
+    weights: Path | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def require(self, groups: dict[str, dict]) -> None:
+        if self.missing is None or self.values:
+            return
+        if all("alpha" in group for group in groups.values()):
+            return  # every module carries its own alpha: nothing is read from a config
+        raise UserError(f"{self.missing}: missing; {self.weights.name} is a PEFT adapter (keys {PEFT_KEY_PREFIX}*) "
+                        f"whose scale (lora_alpha / r) is kept in the {PEFT_CONFIG} that save_pretrained writes "
+                        f"beside it; put that file next to it")
+
+
+def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], AdapterConfig, str | None]:
+    """(tensors, metadata, the PEFT config (empty if none), format name if the layout fixes it).
+
+    A folder and its weights file given alone read the same: the config is found beside the weights."""
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
-    if path.is_dir():
-        weights = path / "adapter_model.safetensors"
-        if not weights.is_file():
-            if (path / "pytorch_lora_weights.safetensors").is_file():  # diffusers' save_lora_weights folder
-                return _read_source(path / "pytorch_lora_weights.safetensors")
-            raise UserError(f"{path}: is a folder without adapter_model.safetensors; give a .safetensors LoRA file "
-                            f"or a PEFT save_pretrained folder")
-        tensors, metadata = _read_safetensors(weights)
-        config = _read_adapter_config(path / "adapter_config.json")
-        return tensors, metadata, config, "peft"
-    tensors, metadata = _read_safetensors(path)
-    return tensors, metadata, _metadata_config(metadata), None
+    folder_given = path.is_dir()
+    weights = _weights_file(path) if folder_given else path
+    tensors, metadata = _read_safetensors(weights)
+    config = _find_config(weights, tensors, metadata, folder_given)
+    peft = weights.name == PEFT_WEIGHTS and config.source is not None and config.source.endswith(PEFT_CONFIG)
+    return tensors, metadata, config, "peft" if peft else None
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in (PEFT_WEIGHTS, DIFFUSERS_WEIGHTS):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"{folder}: is a folder without {PEFT_WEIGHTS}; give a .safetensors LoRA file "
+                    f"or a PEFT save_pretrained folder")
+
+
+def _find_config(weights: Path, tensors: dict, metadata: dict[str, str], folder_given: bool) -> AdapterConfig:
+    """adapter_config.json beside a PEFT weights file, else the config in the metadata, else none.
+
+    The JSON beside the file counts only for PEFT's own files (its keys or its file name): a
+    loras/ folder may hold an unrelated adapter's config next to other files."""
+    beside = weights.parent / PEFT_CONFIG
+    peft_keys = any(key.startswith(PEFT_KEY_PREFIX) for key in tensors)
+    peft_file = peft_keys or weights.name == PEFT_WEIGHTS
+    if peft_file and beside.is_file():
+        return AdapterConfig(_read_adapter_config(beside), str(beside))
+    embedded = _metadata_config(weights, metadata)
+    if embedded:
+        return AdapterConfig(embedded, f"{weights.name}'s metadata ({METADATA_CONFIG})")
+    if peft_keys or (folder_given and weights.name == PEFT_WEIGHTS):
+        return AdapterConfig(missing=beside, weights=weights)
+    return AdapterConfig()
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -110,9 +167,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _read_adapter_config(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: missing; a PEFT folder needs the adapter_config.json that save_pretrained writes "
-                        f"(it holds lora_alpha)")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -122,16 +176,35 @@ def _read_adapter_config(path: Path) -> dict:
     return config
 
 
-def _metadata_config(metadata: dict[str, str]) -> dict:
-    """The PEFT config diffusers' `save_lora_weights` keeps in the metadata (`lora_adapter_metadata`)."""
-    raw = metadata.get("lora_adapter_metadata")
+def _metadata_config(weights: Path, metadata: dict[str, str]) -> dict:
+    """The PEFT config diffusers' `save_lora_weights` keeps in the metadata (`lora_adapter_metadata`);
+    one that cannot be read is refused: guessing would scale every module wrongly."""
+    raw = metadata.get(METADATA_CONFIG)
     if not raw:
         return {}
     try:
         config = json.loads(raw)
     except ValueError:
-        return {}
-    return {k.removeprefix("transformer."): v for k, v in config.items()} if isinstance(config, dict) else {}
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(f"{weights}: its metadata '{METADATA_CONFIG}' is not a JSON object, so the LoRA's scale "
+                        f"(lora_alpha / r) is unknown; re-save it with diffusers' save_lora_weights")
+    return {k.removeprefix("transformer."): v for k, v in config.items()}
+
+
+def _scale_source(groups: dict[str, dict], config: AdapterConfig) -> str:
+    """Where the modules' scale came from, in words (shown by `zsearch inspect`)."""
+    alphas = sum("alpha" in group for group in groups.values())
+    if config:
+        values = config.values
+        parts = [f"{k} {values[k]}" for k in ("r", "lora_alpha", "alpha") if k in values]
+        parts += [k for k in ("rank_pattern", "alpha_pattern") if values.get(k)]
+        parts += ["use_rslora"] if values.get("use_rslora") else []
+        text = f"{config.source} ({', '.join(parts)})" if parts else config.source
+        return text if alphas == 0 else f"{text}; .alpha tensors in the file for {alphas} modules"
+    if alphas:
+        return f".alpha tensors in the file ({alphas} of {len(groups)} modules)"
+    return "no alpha saved in the file (scale 1, as its trainer applies it)"
 
 
 def _cast_up(tensor: torch.Tensor) -> torch.Tensor:
@@ -141,7 +214,10 @@ def _cast_up(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # -- building the modules ------------------------------------------------------------------------
-def _peft_rank_alpha(config: dict, name: str, default_rank: int) -> tuple[int, float | None]:
+PEFT_DEFAULT_ALPHA = 8  # LoraConfig.lora_alpha and LoKr/LoHa's alpha when a config leaves it out
+
+
+def _peft_rank_alpha(config: dict, name: str, default_rank: int) -> tuple[int, float]:
     """(r, lora_alpha) PEFT uses for module `name`; rank_pattern/alpha_pattern keys are regexes,
     matched as PEFT's get_pattern_key does: `re.match(rf"(.*\\.)?({key})$", name)`, first match wins."""
     def pick(patterns: dict, fallback):
@@ -154,8 +230,8 @@ def _peft_rank_alpha(config: dict, name: str, default_rank: int) -> tuple[int, f
                     return value
         return fallback
     rank = int(pick(config.get("rank_pattern"), config.get("r", default_rank)) or default_rank)
-    alpha = pick(config.get("alpha_pattern"), config.get("lora_alpha", config.get("alpha")))
-    return rank, (float(alpha) if alpha is not None else None)
+    alpha = pick(config.get("alpha_pattern"), config.get("lora_alpha", config.get("alpha", PEFT_DEFAULT_ALPHA)))
+    return rank, float(alpha if alpha is not None else PEFT_DEFAULT_ALPHA)
 
 
 def _tensor(path: Path, group: dict, role: str) -> torch.Tensor | None:
@@ -183,7 +259,7 @@ def _alpha(path: Path, group: dict) -> float | None:
     return value
 
 
-def _build_modules(path: Path, groups: dict[str, dict], config: dict) -> dict[str, AnyModule]:
+def _build_modules(path: Path, groups: dict[str, dict], config: AdapterConfig) -> dict[str, AnyModule]:
     modules: dict[str, AnyModule] = {}
     for name, group in groups.items():
         roles = {r for r in group if r not in ("keys", "written", "alpha")}
@@ -206,7 +282,7 @@ def _missing(path: Path, name: str, group: dict, what: str) -> UserError:
                      f"incomplete, re-export it")
 
 
-def _lora_module(path: Path, name: str, group: dict, config: dict) -> LoraModule:
+def _lora_module(path: Path, name: str, group: dict, config: AdapterConfig) -> LoraModule:
     down, up = _tensor(path, group, "down"), _tensor(path, group, "up")
     if down is None or up is None:
         raise _missing(path, name, group, "up (lora_B / lora_up)" if up is None else "down (lora_A / lora_down)")
@@ -218,8 +294,11 @@ def _lora_module(path: Path, name: str, group: dict, config: dict) -> LoraModule
     if alpha is not None:
         scale = alpha / rank  # kohya, LyCORIS, OneTrainer, diffusers' converter: alpha / rank
     elif config:
-        r, peft_alpha = _peft_rank_alpha(config, group["written"], rank)
-        scale = 1.0 if peft_alpha is None else peft_alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+        r, peft_alpha = _peft_rank_alpha(config.values, group["written"], rank)
+        if r != rank:  # PEFT itself refuses to load these tensors with this config
+            raise UserError(f"{path}: {name} has rank {rank} but {config.source} says r {r}; that config is not "
+                            f"this adapter's (keep the {PEFT_CONFIG} saved with it)")
+        scale = peft_alpha / (math.sqrt(r) if config.values.get("use_rslora") else r)
     else:
         scale = 1.0  # AI-Toolkit, DiffSynth: no alpha saved, none applied
     return LoraModule(down, up, scale)
@@ -232,15 +311,15 @@ def _lycoris_scale(alpha: float | None, dim: int | None) -> float:
     return (dim if not alpha else alpha) / dim
 
 
-def _peft_lycoris_scale(path, name, group, config, dim) -> float:
+def _peft_lycoris_scale(path, name, group, config: AdapterConfig, dim) -> float:
     alpha = _alpha(path, group)
     if alpha is None and config:
-        r, peft_alpha = _peft_rank_alpha(config, group["written"], dim or 1)
-        return 1.0 if peft_alpha is None else peft_alpha / r  # PEFT's LoKr/LoHa: alpha / r
+        r, peft_alpha = _peft_rank_alpha(config.values, group["written"], dim or 1)
+        return peft_alpha / r  # PEFT's LoKr/LoHa: alpha / r
     return _lycoris_scale(alpha, dim)
 
 
-def _lokr_module(path: Path, name: str, group: dict, config: dict) -> LokrModule:
+def _lokr_module(path: Path, name: str, group: dict, config: AdapterConfig) -> LokrModule:
     t = {n: _tensor(path, group, f"lokr_{n}") for n in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")}
     for which in ("w1", "w2"):
         whole, a, b = t[which], t[f"{which}_a"], t[f"{which}_b"]
@@ -252,7 +331,7 @@ def _lokr_module(path: Path, name: str, group: dict, config: dict) -> LokrModule
         if whole is not None:
             t[f"{which}_a"] = t[f"{which}_b"] = None  # LyCORIS uses the whole factor when both are saved
     module = LokrModule(**t)
-    if config and config.get("peft_type", "").upper() == "LOKR" and "alpha" not in group:
+    if config and str(config.values.get("peft_type", "")).upper() == "LOKR" and "alpha" not in group:
         module.scale = _peft_lycoris_scale(path, name, group, config, module.rank)
     elif module.rank is None:
         module.scale = 1.0  # both factors whole: LyCORIS and musubi use scale 1 whatever alpha says
@@ -261,7 +340,7 @@ def _lokr_module(path: Path, name: str, group: dict, config: dict) -> LokrModule
     return module
 
 
-def _loha_module(path: Path, name: str, group: dict, config: dict) -> LohaModule:
+def _loha_module(path: Path, name: str, group: dict, config: AdapterConfig) -> LohaModule:
     t = {n: _tensor(path, group, f"hada_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b")}
     absent = [n for n, v in t.items() if v is None]
     if absent:
@@ -271,7 +350,7 @@ def _loha_module(path: Path, name: str, group: dict, config: dict) -> LohaModule
         raise UserError(f"{path}: {name}: the LoHa factors' shapes disagree "
                         f"({', '.join(f'hada_{n} {list(v.shape)}' for n, v in t.items())})")
     module = LohaModule(**t)
-    if config and config.get("peft_type", "").upper() == "LOHA" and "alpha" not in group:
+    if config and str(config.values.get("peft_type", "")).upper() == "LOHA" and "alpha" not in group:
         module.scale = _peft_lycoris_scale(path, name, group, config, module.rank)
     else:
         module.scale = _lycoris_scale(_alpha(path, group), module.rank)

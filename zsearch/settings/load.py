@@ -67,9 +67,12 @@ def parse_config(data: Any, source: Path) -> Config:
 def check_inputs(config: Config) -> None:
     """Check files exist (after the demo assets are built, if any); read the prompts."""
     for i, lora in enumerate(config.loras):
-        if not lora.path.is_file():
+        if not lora.path.is_file() and not lora.path.is_dir():  # a folder: PEFT's save_pretrained
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
-        _check_readable(lora.path, f"{config.source}: loras[{i}].path")
+        if lora.path.is_file():
+            _check_readable(lora.path, f"{config.source}: loras[{i}].path")
+    from zsearch.lora.read import load_loras
+    load_loras([lora.path for lora in config.loras])  # read as the search will, refused before any study exists
     if not config.references.is_dir():
         raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
     if not image_files(config.references):
