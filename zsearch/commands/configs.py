@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zsearch.settings.load import load_config
+from zsearch.settings.load import check_writable_folder, load_config
 from zsearch.settings.schema import Config
 
 
@@ -16,5 +16,6 @@ def load_for_rendering(path: Path) -> Config:
     config = load_config(path)
     if config.demo is not None:
         from zsearch.demo.build import build_demo
+        check_writable_folder(config.demo, f"{config.source}: demo")
         build_demo(config.demo)
     return config

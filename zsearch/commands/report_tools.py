@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from zsearch.commands.arguments import add_config
-from zsearch.settings.load import load_config
+from zsearch.settings.load import check_writable_folder, load_config
 
 
 def register(sub) -> None:
@@ -19,6 +19,7 @@ def cmd_report(args) -> int:
     from zsearch.report import write_report
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its scratch studies need no log lines
     config = load_config(args.config)
+    check_writable_folder(config.out_dir / "report", f"{config.source}: output")
     index = write_report(config)
     print(f"report: {index}\n        {index.with_suffix('.html')}")
     return 0

@@ -6,7 +6,7 @@ import time
 
 from zsearch.commands.arguments import add_config, add_port
 from zsearch.commands.configs import load_for_rendering
-from zsearch.settings.load import check_inputs
+from zsearch.settings.load import check_inputs, check_writable_folder
 
 
 def register(sub) -> None:
@@ -32,6 +32,7 @@ def cmd_review(args) -> int:
     from zsearch.study.opening import open_existing_study
 
     config = load_for_rendering(args.config)
+    check_writable_folder(config.out_dir / "review", f"{config.source}: output")
     study = open_existing_study(config)
     check_inputs(config)
     check_fingerprint(config, study)  # the trials' params must map to this config's LoRAs

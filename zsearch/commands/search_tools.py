@@ -88,6 +88,7 @@ def cmd_validate(args) -> int:
     if earlier:
         print(f"zsearch: {earlier}; validating again: the baseline and the current top "
               f"{config.validation.top_k} trials on the held-out jobs, replacing that result", file=sys.stderr, flush=True)
+    check_writable_folder(config.out_dir, f"{config.source}: output")
     print(_summary(config, validate_study(config)))
     return 0
 

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import save_file
 
 from zsearch import __version__
-from zsearch.util.atomic import atomic_path
+from zsearch.util.atomic import atomic_path, check_can_create
 from zsearch.util.hashing import sha256_of
 from zsearch.errors import UserError
 from zsearch.lora.recipe import Recipe, recipe_to_dict
@@ -26,6 +26,7 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: the output must be a .safetensors file; name it e.g. merged.safetensors")
+    check_can_create(path)  # a special file system, a path through a file, a name too long, no permission
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name such as {path / 'merged.safetensors'}")
     for source in inputs:

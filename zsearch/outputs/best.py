@@ -31,6 +31,7 @@ from zsearch.study import records
 from zsearch.study.choice import PERSON, TRAINING, choose_best
 from zsearch.study.records import trial_score
 from zsearch.study.space import SearchSpace
+from zsearch.util.atomic import make_folder
 
 def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
     """The best trial by the one rule (study/choice.py); None before any trial completed fully."""
@@ -53,7 +54,7 @@ def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
 
 @contextmanager
 def _locked(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     with FileLock(str(folder / ".best.lock")):  # an OS lock on Windows, macOS and Linux alike
         yield
 

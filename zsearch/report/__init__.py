@@ -18,6 +18,7 @@ from typing import Optional
 import optuna
 
 from zsearch.settings.schema import Config
+from zsearch.util.atomic import make_folder
 from zsearch.report import importance, sections, terms
 from zsearch.study.opening import open_existing_study
 from zsearch.outputs.best import read_best_info
@@ -86,7 +87,7 @@ def write_report(config: Config, study: Optional[optuna.Study] = None) -> Path:
     """
     study = study if study is not None else open_existing_study(config)
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     target = out / "report"
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
     try:

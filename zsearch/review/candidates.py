@@ -12,6 +12,7 @@ from zsearch.errors import UserError
 from zsearch.settings.schema import Config
 from zsearch.study import records
 from zsearch.study.choice import top_candidates
+from zsearch.util.atomic import make_folder
 
 
 def pick_candidates(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
@@ -54,7 +55,7 @@ def render_candidates(config: Config, trials: list[FrozenTrial], folder: Path) -
     prepare(config)  # reads the prompt files
     seeds = review_seeds(config)
     prompts = list(config.validation_prompts)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     index_file = folder / "renders.json"
     try:
         index = json.loads(index_file.read_text())

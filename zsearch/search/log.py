@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from zsearch.settings.schema import Config
 from zsearch.study import records
 from zsearch.outputs.best import trial_score
+from zsearch.util.atomic import make_folder
 
 log = logging.getLogger("zsearch")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("zsearch")
 def logging_to(config: Config) -> Iterator[None]:
     """Everything into results/<name>/zsearch.log, warnings also on the terminal, while inside;
     then the loggers as they were and the file closed (Windows cannot delete an open log)."""
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(config.out_dir, f"{config.source}: output")
     to_file = logging.FileHandler(config.out_dir / "zsearch.log")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     to_terminal = logging.StreamHandler(sys.stderr)

@@ -8,6 +8,7 @@ from zsearch.settings.schema import Config
 from zsearch.outputs.grid import job_grid, save_png
 from zsearch.search.evaluate import Evaluator
 from zsearch.search.session import Session
+from zsearch.util.atomic import make_folder
 
 
 def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
@@ -17,7 +18,7 @@ def render_recipe(config: Config, recipe, out_dir: Path) -> list[Path]:
     evaluator = Evaluator(config, engine, scorers=None)
     jobs, images = evaluator.jobs, evaluator.render(recipe)
     paths = [out_dir / f"p{job.prompt_index:02d}-s{job.seed}.png" for job in jobs]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     save_pngs(images, paths)
     grid = out_dir / "grid.png"
     save_png(job_grid(images, len(config.prompt_list)), grid)

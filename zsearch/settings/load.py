@@ -11,6 +11,7 @@ from typing import Any
 
 from zsearch.settings.schema import Config, validate_config
 from zsearch.errors import UserError
+from zsearch.util.atomic import check_can_create
 from zsearch.util.images import image_files, reference_files
 from zsearch.util.yamlfile import read_yaml
 
@@ -146,17 +147,9 @@ def _check_readable(path: Path, where: str) -> None:
 
 
 def check_writable_folder(folder: Path, where: str) -> None:
-    """`folder` is, or can be made, a folder this process can write; nothing is created."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise UserError(f"{where}: {probe} is a file, not a folder; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{where}: {probe} is not writable (permission denied or read-only); "
-                        f"choose another folder")
+    """`folder` is, or can be made, a folder this process can write files into: tried for real,
+    nothing is left behind (zsearch.util.atomic.check_can_create)."""
+    check_can_create(folder, where, folder=True)
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -16,6 +16,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from zsearch.errors import UserError
 from zsearch.settings.schema import Config
 from zsearch.study.workers import retry_failed
+from zsearch.util.atomic import make_folder
 
 log = logging.getLogger("zsearch")
 
@@ -122,6 +123,5 @@ def make_storage(config: Config) -> optuna.storages.BaseStorage:
 
 
 def artifact_store(config: Config) -> FileSystemArtifactStore:
-    folder = config.out_dir / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(config.out_dir / "artifacts", f"{config.source}: output")
     return FileSystemArtifactStore(str(folder))
