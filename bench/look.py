@@ -202,3 +202,33 @@ def build(folder: Path, seed: int = 0, batch: int = 2) -> Problem:
 def _module_objects(lora):
     from zsearch.lora.blocks import parse_module
     return {path: parse_module(path) for path in lora.modules}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the problem and print its yardsticks: w*'s score, the baseline's, and its distance."""
+    import argparse
+    import sys
+    import tempfile
+
+    from zsearch.search.evaluate import Evaluator, Scorers
+
+    parser = argparse.ArgumentParser(description="the known-optimum problem of bench/search.py, built once")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="the same (it takes seconds): tests this module")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as folder:
+        problem = build(Path(folder), seed=args.seed)
+        evaluator = Evaluator(problem.config, problem.engine, Scorers(problem.judge))
+        star = evaluator.evaluate(problem.w_star).value
+        baseline = evaluator.evaluate(problem.space.recipe(problem.space.baseline())).value
+    print(f"look problem (seed {args.seed}): w* scores {star:.4f}, baseline {baseline:.4f}, baseline distance "
+          f"{problem.baseline_distance:.3f}; {len(problem.space)} parameters", file=sys.stdout)
+    if not star > baseline:
+        raise SystemExit("look problem: the judge does not prefer w* to the baseline")
+
+
+if __name__ == "__main__":
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

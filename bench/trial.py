@@ -1,6 +1,7 @@
 """What one search trial costs: set a weighting, render, score — zsearch's two ways and the naive one.
 
     python bench/trial.py                  # the tiny demo model, on the CPU (seconds)
+    python bench/trial.py --smoke          # one trial of 2 images, 1 step: tests this script (CI)
     python bench/trial.py --full           # full-size Z-Image-Turbo architecture, random bf16 weights (GPU)
     python bench/trial.py --full --device cpu --layers 1 --refiner-layers 1 --size 128 --steps 1 \\
         --images 1 --trials 1              # a CPU sanity check of the --full path
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -80,7 +82,7 @@ def tiny_setup(args, device, dtype) -> Setup:
     from zsearch.engine.prompts import encode_prompts
     from zsearch.lora.read import load_loras
 
-    root = Path(args.demo_dir or Path(tempfile.gettempdir()) / "zsearch-bench-demo")
+    root = Path(args.demo_dir or os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tempfile.gettempdir()) / "zsearch-bench-demo")
     assets = build_demo(root)
     prompts = assets.prompt_list
     embeds = encode_prompts(str(assets.model_dir), prompts, root / "cache", device, dtype)
@@ -354,7 +356,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", default="full", choices=["full", "fp8", "offload"], help="render.memory")
     parser.add_argument("--peak-batches", default="", help="e.g. 1,4: one render per batch size for its peak")
     parser.add_argument("--markdown", help="append the table to this Markdown file")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to test this script (timings meaningless)")
     args = parser.parse_args(argv)
+    if args.smoke:  # what is not given explicitly
+        for name, value in (("trials", 1), ("warmup", 0), ("images", 2), ("steps", 1), ("threads", 1)):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

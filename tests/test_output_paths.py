@@ -132,5 +132,5 @@ def test_report_and_review_folders_that_are_files(demo_assets, tmp_path, capsys)
         blocker = out / folder
         blocker.write_text("the user's file")
         line = _one_line(capsys, main([command, str(config)]), blocker)
-        assert "is a file, not a folder" in line
+        assert "a file stands where a folder is needed" in line
         assert blocker.read_text() == "the user's file"

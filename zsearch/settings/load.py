@@ -72,8 +72,6 @@ def check_inputs(config: Config) -> None:
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
         if lora.path.is_file():
             _check_readable(lora.path, f"{config.source}: loras[{i}].path")
-    from zsearch.lora.read import load_loras
-    load_loras([lora.path for lora in config.loras])  # read as the search will, refused before any study exists
     if not config.references.is_dir():
         raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
     if not image_files(config.references):
@@ -101,6 +99,8 @@ def check_setup(config: Config) -> None:
     if config.identity is not None:
         _check_references(config.identity.references, f"{config.source}: identity.references")
     _check_scorer_name(config)
+    from zsearch.lora.read import load_loras
+    load_loras([lora.path for lora in config.loras])  # read as the search will: refused before any study exists
     for key, folder in (("output", config.out_dir), ("cache", config.cache_dir)):
         check_writable_folder(folder, f"{config.source}: {key}")
 

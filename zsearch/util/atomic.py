@@ -72,8 +72,8 @@ def check_can_create(target: str | os.PathLike, where: str | None = None, folder
     try:
         base, missing = _deepest_existing(target if folder else target.parent)
         if not base.is_dir():
-            raise UserError(f"{where + ': ' if where else ''}{target}: {base} is a file, not a folder; choose "
-                            f"another path")
+            raise UserError(f"{where + ': ' if where else ''}{target}: {base} is a file (a file stands where a "
+                            f"folder is needed); choose another path")
         names = missing if folder else [*missing, target.name]
         too_long = next((name for name in names if len(name) > _name_max(base)), None)
         if too_long is not None:
