@@ -16,6 +16,7 @@ demo's own config (configs/demo.yaml, its objective weights and search space):
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -113,7 +114,13 @@ def main() -> None:
     parser.add_argument("--assets", type=Path, help="build (or reuse) the demo assets here, not in a temporary folder")
     parser.add_argument("--seeds", type=int, nargs="+", help="render seeds instead of configs/demo.yaml's (is a "
                         "nudge that wins the seeds' noise or the objective's?)")
+    parser.add_argument("--smoke", action="store_true", help="2 seeds, no search, the shared demo assets: tests "
+                        "this script")
     args = parser.parse_args()
+    if args.smoke:
+        args.seeds = args.seeds or [1, 2]
+        args.assets = args.assets or Path(os.environ.get("ZSEARCH_BENCH_DEMO") or
+                                          Path(tempfile.gettempdir()) / "zsearch-bench-demo")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for threads in args.build_threads:  # build time from scratch (build_demo pins one thread itself)

@@ -30,6 +30,8 @@ if [[ $SMOKE == 1 ]]; then
   COMPILE=(--compile --compile-backend aot_eager)  # inductor on a CPU would spend minutes compiling
   RUN=(--smoke --device cpu)
   LIMITS=(300 300 300 900 300)
+  RUNS=(--trials 1 --warmup 0)  # one timed trial a way: the script is what is tested
+  RUNS_ONE=(--trials 1 --warmup 0)
   BUDGET="${BUDGET_SMOKE:-2400}"
   LABEL="SMOKE (CPU, narrow models: timings meaningless)"
 else
@@ -42,6 +44,8 @@ else
   COMPILE=(--compile)
   RUN=()
   LIMITS=(150 80 100 160 200)
+  RUNS=(--trials 2 --warmup 1)
+  RUNS_ONE=(--trials 1 --warmup 1)
   LABEL="full size"
 fi
 
@@ -78,16 +82,16 @@ step() {  # step NAME OWN_LIMIT COMMAND...: run with min(own limit, time left), 
 }
 
 TRIAL=("$PY" bench/trial.py --markdown "$MD")
-step "1 eager ways, memory full" "${LIMITS[0]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --trials 2 --warmup 1 \
+step "1 eager ways, memory full" "${LIMITS[0]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" "${RUNS[@]}" \
   --ways bare,side,fused,naive --json "$OUT/eager.json"
-step "2 memory fp8" "${LIMITS[1]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --memory fp8 --trials 2 --warmup 1 \
+step "2 memory fp8" "${LIMITS[1]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --memory fp8 "${RUNS[@]}" \
   --ways bare,side --json "$OUT/fp8.json"
-step "3 memory offload" "${LIMITS[2]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --memory offload --trials 1 \
-  --warmup 1 --ways bare,side --json "$OUT/offload.json"
+step "3 memory offload" "${LIMITS[2]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --memory offload "${RUNS_ONE[@]}" \
+  --ways bare,side --json "$OUT/offload.json"
 step "4 zsearch run, 5 trials" "${LIMITS[3]}" "$PY" bench/fullrun.py --out "$WORK/fullrun" --markdown "$MD" "${RUN[@]}"
-step "5a compiled side, bare" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" --trials 1 --warmup 1 \
+step "5a compiled side, bare" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" "${RUNS_ONE[@]}" \
   --ways side,bare --json "$OUT/compiled-a.json"
-step "5b compiled fused, naive" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" --trials 1 --warmup 1 \
+step "5b compiled fused, naive" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" "${RUNS_ONE[@]}" \
   --ways fused,naive --json "$OUT/compiled-b.json"
 
 echo

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     import tempfile
 
-    from zsearch.search.evaluate import Evaluator, Scorers
+    from zsearch.search.evaluate import Evaluator
 
     parser = argparse.ArgumentParser(description="the known-optimum problem of bench/search.py, built once")
     parser.add_argument("--seed", type=int, default=0)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
         problem = build(Path(folder), seed=args.seed)
-        evaluator = Evaluator(problem.config, problem.engine, Scorers(problem.judge))
+        evaluator = Evaluator(problem.config, problem.engine, problem.scorers())
         star = evaluator.evaluate(problem.w_star).value
         baseline = evaluator.evaluate(problem.space.recipe(problem.space.baseline())).value
     print(f"look problem (seed {args.seed}): w* scores {star:.4f}, baseline {baseline:.4f}, baseline distance "
