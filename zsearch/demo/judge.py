@@ -81,13 +81,14 @@ def training_enabled():
 def _trainable(model: torch.nn.Module) -> None:
     """Parameters and buffers made under inference mode cannot be updated or saved for backward
     outside it: replace them by ordinary copies (a no-op for a model made with grad on)."""
-    for module in model.modules():
-        for name, param in list(module._parameters.items()):
-            if param is not None and param.is_inference():
-                module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
-        for name, buffer in list(module._buffers.items()):
-            if buffer is not None and buffer.is_inference():
-                module._buffers[name] = buffer.clone()
+    for name, param in list(model.named_parameters()):
+        if param.is_inference():
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, torch.nn.Parameter(param.clone(), param.requires_grad))
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_inference():
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, buffer.clone())
 
 
 def _ordinary(tensor: torch.Tensor) -> torch.Tensor:
