@@ -27,7 +27,7 @@ def adapter(tmp_path_factory):
     PEFT's own scaling x B A for every module it adapts."""
     peft = pytest.importorskip("peft")
     from diffusers import ZImageTransformer2DModel
-    from zsearch.demo.build import TRANSFORMER_CONFIG
+    from zsearch.demo.spec import TRANSFORMER_CONFIG
     torch.manual_seed(0)
     model = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))

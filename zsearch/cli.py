@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from zsearch.util.atomic import check_working_folder
+    try:
+        check_working_folder()  # before the commands import torch: it cannot load from a deleted folder
+    except UserError as exc:
+        print(f"zsearch: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
