@@ -7,7 +7,7 @@ resident size after imports (importing torch alone takes about 0.5 GB here). Tar
 two rank-32 LoRAs in under 3 s with peak memory under 3x the inputs' size.
 
     python bench/merge.py [--dim 3840] [--threads 2]
-    python bench/merge.py --smoke       # width 256, one thread: tests this script (figures meaningless)
+    python bench/merge.py --smoke       # width 128, one thread: tests this script (figures meaningless)
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=3840)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--make-inputs", type=Path, help=argparse.SUPPRESS)  # internal: the child's job
-    parser.add_argument("--smoke", action="store_true", help="width 256, one thread: tests this script")
+    parser.add_argument("--smoke", action="store_true", help="width 128, one thread: tests this script")
     args = parser.parse_args()
     if args.smoke:
-        args.dim = 256 if args.dim == parser.get_default("dim") else args.dim
+        args.dim = 128 if args.dim == parser.get_default("dim") else args.dim
         args.threads = 1 if args.threads == parser.get_default("threads") else args.threads
     if args.make_inputs:
         make_inputs(args.make_inputs, args.dim)
