@@ -22,6 +22,7 @@ KEY_LINES = {  # the line each script exists to print
     "look.py": r"look problem \(seed 0\): w\* scores [\d.]+, baseline",
     "search.py": r"median images to target",
     "demo_faithfulness.py": r"nudges lower than w\*: \d+%",
+    "sampler_scale.py": r"^\| \w+ \| \d+ \| \d+ \| [\d.]+ \|",
 }
 
 
@@ -45,7 +46,7 @@ def test_bench_script_smoke(script, demo_assets, tmp_path):
     if key is None:
         assert done.stdout.strip(), f"bench/{script} --smoke printed nothing; add its key line to KEY_LINES"
     else:
-        assert re.search(key, done.stdout), done.stdout[-3000:]
+        assert re.search(key, done.stdout, flags=re.M), done.stdout[-3000:]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a bash script")
