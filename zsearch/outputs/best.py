@@ -28,7 +28,7 @@ from zsearch.lora.write import merge_metadata, save_lora
 from zsearch.outputs.provenance import provenance_metadata
 from zsearch.lora.recipe import Recipe, save_recipe
 from zsearch.study import records
-from zsearch.study.choice import PERSON, TRAINING, choose_best
+from zsearch.study.choice import CONFIRMATION, PERSON, TRAINING, choose_best
 from zsearch.study.records import trial_score
 from zsearch.study.space import SearchSpace
 from zsearch.util.atomic import make_folder
@@ -40,7 +40,8 @@ def pick_best(config: Config, study: optuna.Study) -> Optional[FrozenTrial]:
 
 
 def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
-    """How the best trial was chosen: by a person's review, by validation, or by the training score."""
+    """How the best trial was chosen: by a person's review, by confirmation, by validation, or by the
+    training score."""
     choice = choose_best(study)
     if choice is None or choice.trial.number != trial.number:
         return {"by": TRAINING}
@@ -49,6 +50,11 @@ def chosen_by(study: optuna.Study, trial: FrozenTrial) -> dict:
         return {"by": PERSON, "review": record["study"], "choices": len(record["choices"]),
                 "candidates": record["candidates"], "model": record["model"],
                 "ranking": [{"trial": r["trial"], "strength": round(r["strength"], 4)} for r in record["ranking"]]}
+    if choice.by == CONFIRMATION:  # the best mean over the confirmation jobs, and the ranking
+        confirmation = records.read_confirmation(study)
+        row = confirmation.row(trial.number)
+        return {"by": CONFIRMATION, "rounds": row.rounds, "jobs": row.jobs,
+                "ranking": [{"trial": r.trial, "mean": round(r.mean, 6), "jobs": r.jobs} for r in confirmation.rows[:5]]}
     return {"by": choice.by}
 
 
@@ -78,7 +84,8 @@ def _up_to_date(folder: Path, study: optuna.Study, trial: FrozenTrial) -> bool:
 def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
     """Train, validation, baseline and noise figures of a trial, as far as they are known, and its
     gain over the baseline judged paired per job: on the held-out jobs once validated (the
-    unbiased figure), else on the training jobs (biased upward: the best of many trials)."""
+    unbiased figure), else on its confirmation jobs (new seeds), else on the training jobs (biased
+    upward: the best of many trials)."""
     baseline = records.baseline_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     scores = {"train": trial_score(trial), "baseline": trial_score(baseline)}
     noise = records.read_noise(study)
@@ -91,10 +98,17 @@ def best_scores(study: optuna.Study, trial: FrozenTrial) -> dict:
         scores["validation"] = row.validation
         if validation.baseline is not None:
             scores["baseline_validation"] = validation.baseline
+    confirmation = records.read_confirmation(study)
+    confirmed = confirmation.row(trial.number) if confirmation else None
+    if confirmed is not None:
+        scores["confirmed"] = {"mean": confirmed.mean, "rounds": confirmed.rounds, "jobs": confirmed.jobs,
+                               "gain": confirmed.gain}
+        if gain is None and confirmed.gain is not None:
+            gain, where = confirmed.gain, "confirmation"
     if gain is None and baseline is not None and baseline.number != trial.number:
         gain, where = records.gain_over(trial, baseline), "training"
     if gain is not None:
-        scores["gain"] = {**gain.to_dict(), "on": where}
+        scores["gain"] = {**(gain if isinstance(gain, dict) else gain.to_dict()), "on": where}
     return scores
 
 

@@ -22,6 +22,10 @@ def best_summary(config: Config, trial: Optional[FrozenTrial]) -> str:
         parts.append(f"baseline {scores['baseline']:.5f}")
     if scores.get("validation") is not None:
         parts.append(f"held-out {scores['validation']:.5f} (baseline {scores.get('baseline_validation', float('nan')):.5f})")
+    confirmed = scores.get("confirmed") if isinstance(scores.get("confirmed"), dict) else None
+    if confirmed and (info.get("chosen_by") or {}).get("by") == "confirmation":
+        parts.append(f"confirmed {confirmed.get('mean', float('nan')):.5f} on {confirmed.get('jobs')} new jobs "
+                     f"(chosen by confirmation)")
     if (info.get("chosen_by") or {}).get("by") == "person":
         parts.append(f"chosen by you in the review ({info['chosen_by']['choices']} choices)")
     out = config.out_dir
@@ -38,7 +42,7 @@ def gain_line(scores: dict) -> Optional[str]:
     if not isinstance(gain, dict) or not all(isinstance(gain.get(k), (int, float)) for k in ("gain", "low", "high")):
         return None
     half = (gain["high"] - gain["low"]) / 2
-    where = "held-out" if gain.get("on") == "validation" else "training"
+    where = {"validation": "held-out", "confirmation": "confirmation"}.get(gain.get("on"), "training")
     return (f"gain over the baseline {gain['gain']:+.5f} ± {half:.5f} (95 % interval {gain['low']:+.5f} to "
             f"{gain['high']:+.5f}, paired over {gain.get('jobs', '?')} {where} jobs, p = {gain.get('p', float('nan')):.3g}): "
             f"{gain.get('verdict', '?')}")

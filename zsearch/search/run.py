@@ -24,35 +24,41 @@ from zsearch.search.progress import Progress
 from zsearch.search.session import Session
 from zsearch.search.signals import GracefulStop
 from zsearch.study.opening import mark_setup_failed
+from zsearch.study.storage import make_storage
 from zsearch.study.space import SearchSpace
 from zsearch.search.trust import analyse_screening, frozen_params, measure_noise, validate
 from zsearch.study.workers import Lease
+from zsearch.search import night as night_plan
+from zsearch.search.confirm import Confirmer, claims_study
+from zsearch.search.progress import best_interval
 
 log = logging.getLogger("zsearch")
 
 
 def run(config: Config, trials: Optional[int] = None, show_progress: bool = True) -> Optional[optuna.trial.FrozenTrial]:
-    """Run (or resume) the study until its trial budget or time budget is spent."""
+    """Run (or resume) the study until its trial budget or its night (`search.hours`) is spent."""
+    started = time.time()  # the night starts with the command: loading the model is part of it
     session = Session(config)
     session.study  # opened (and checked against its inputs) before anything is written
     # the lease is held while this worker may run trials; the OS drops it if we die
     with logging_to(config), Lease(config.out_dir):
         try:
-            return _run(config, session, trials, show_progress)
+            return _run(config, session, trials, show_progress, started)
         except BaseException:
             with contextlib.suppress(Exception):  # the storage itself may be what failed
                 mark_setup_failed(session.study)  # the fixed command may replace a study it never measured
             raise
 
 
-def _run(config: Config, session: Session, trials: Optional[int], show_progress: bool):
+def _run(config: Config, session: Session, trials: Optional[int], show_progress: bool, started: float):
     study, store = session.study, session.store
-    total = trials if trials is not None else config.search.trials
+    total = trials if trials is not None else config.search.trial_cap  # None: the night decides
     done = finished_count(study)
-    if done >= total:
+    night = night_plan.open_night(study, config.search.hours, started) if config.search.hours else None
+    if total is not None and done >= total and not config.search.confirms:
         tell(f"study '{config.name}' already has {done} finished trials (budget {total}): nothing to run. To search "
-             f"further, raise the budget: `zsearch run {config.source} --trials {total * 2}` (or search.trials); "
-             f"search.hours limits a run's time, not its trials. The best so far:")
+             f"further, raise the budget: `zsearch run {config.source} --trials {total * 2}` (or search.trials), "
+             f"or give the run a night (search.hours), which confirms the top trials. The best so far:")
         return export_best(config, study, store)
 
     def say(message: str) -> None:  # the slow steps outside the trial loop, on the terminal too
@@ -64,8 +70,8 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
     bars = None if show_progress else False  # zsearch's own step bars: on a terminal, unless --no-progress
     with GracefulStop() as stop:
         say(f"loading {config.model} on {_device_name(config.device)} ...")
-        session.planned_images = planned_images(total - done, len(config.prompt_list) * len(config.seeds),
-                                                config.search.hours)
+        session.planned_images = planned_images(sys.maxsize if total is None else total - done,
+                                                len(config.prompt_list) * len(config.seeds), config.search.hours)
         engine, scorers = session.engine, session.scorers
         say(engine.placement)
         if "noise" not in study.user_attrs and config.noise.repeats and not stop.requested:
@@ -77,9 +83,16 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
                      len(noise["scores"]))
         space = SearchSpace(config, frozen_params(study))
         objective = Objective(config, space, Evaluator(config, engine, scorers), store, study, budget=total)
-        _search(config, study, objective, store, stop, total, done, show_progress)
+        claims = claims_study(config, make_storage(config)) if config.search.confirms else None
+        plan = night_plan.Plan(config, study, night, claims)
+        confirmer = Confirmer(config, study, claims, space, engine, scorers) if claims is not None else None
+        _search(config, study, objective, store, stop, total, done, show_progress, plan, confirmer)
+        if confirmer is not None and not stop.requested and plan.fits(units=0):  # its round is in the reserve
+            _confirm_late_best(confirmer)
         if stop.requested:
             tell(f"stopped early: validation skipped (run `zsearch validate {config.source}` to validate now)")
+        elif config.validation.top_k > 0 and not plan.validation_fits():
+            tell(f"validation skipped: it would end after the night's deadline (run `zsearch validate {config.source}`)")
         elif config.validation.top_k > 0:
             say(f"validating the baseline and the top {config.validation.top_k} trials on held-out seeds ...")
             log_validation(validate(config, study, space, engine, scorers, progress=bars))
@@ -101,48 +114,84 @@ def _device_name(device: str) -> str:
     return f"{picked} (auto)" if device == "auto" else picked
 
 
+def _confirm_late_best(confirmer: Confirmer) -> None:
+    """The night's last check: a training best found late, not confirmed yet, gets its round."""
+    late = confirmer.training_best_unconfirmed()
+    if late is not None:
+        log.info("confirming trial %d, the training best, before the night ends", late)
+        confirmer.step(only=late)
+
+
 MAX_FAILS_IN_A_ROW = 5
 
 
 def _search(config: Config, study: optuna.Study, objective: Objective, store, stop: GracefulStop,
-            total: int, done: int, show_progress: bool) -> None:
-    """Run trials until the budget, the time limit, a stop request, or repeated failures."""
-    deadline = time.time() + config.search.hours * 3600 if config.search.hours else None
-    log.info("study '%s': %d parameters, %d jobs per trial, %d/%d trials done, device %s",
-             config.name, len(objective.space), len(objective.evaluator.jobs), done, total,
-             objective.evaluator.engine.device)
+            total: Optional[int], done: int, show_progress: bool, plan: night_plan.Plan,
+            confirmer: Optional[Confirmer]) -> None:
+    """Run trials (and, in a night, confirmation rounds) until the trial cap, the night's plan, a
+    stop request, or repeated failures end it."""
+    log.info("study '%s': %d parameters, %d jobs per trial, %d/%s trials done, device %s%s",
+             config.name, len(objective.space), len(objective.evaluator.jobs), done, total or "-",
+             objective.evaluator.engine.device,
+             f", the night ends in {plan.left() / 3600:.2f} h" if plan.night else "")
     fails: list[str] = []  # reasons of the failures in a row
 
-    def out_of_time() -> bool:
-        return deadline is not None and time.time() >= deadline
+    def show(phase: str) -> None:
+        best = pick_best(config, study)
+        progress.update(finished_count(study), trial_score(best) if best else None,
+                        records.count_trials(study.get_trials(deepcopy=False)).stopped_early, phase=phase,
+                        interval=best_interval(study, best))
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.user_attrs.get(records.SURPLUS):  # not a failure: another worker took the last place
-            log.info("trial %d not run: the budget of %d trials is taken", trial.number, total)
+            log.info("trial %d not run: the budget of %s trials is taken", trial.number, total)
             return
         best = pick_best(config, study)
         if best is not None and best.number == trial.number:
-            export_best(config, study, store)
+            _timed_export(config, study, store, plan)
         log_trial(trial, best)
-        progress.update(finished_count(study), trial_score(best) if best else None,
-                        records.count_trials(study.get_trials(deepcopy=False)).stopped_early)
+        show(plan.phase())
         fails[:] = [*fails, trial.user_attrs.get(records.FAIL_REASON, "error")] if trial.state == TrialState.FAIL else []
 
     screened = False
-    with Progress(total, done, deadline, enabled=show_progress) as progress:
+    night = plan.night
+    with Progress(total, done, night.deadline if night else None, enabled=show_progress,
+                  start=night.start if night else None) as progress:
         # One trial per call: other workers' running trials count against the budget, and a
         # trial started in a race for the last place gives it up (budget.py), so several
         # workers stop at exactly `total` finished trials.
-        while not stop.requested and not out_of_time() and len(fails) < MAX_FAILS_IN_A_ROW:
+        while not stop.requested and len(fails) < MAX_FAILS_IN_A_ROW:
             if config.search.screen and not screened and analyse_screening(study, objective.space):
                 screened = True
                 objective.space = SearchSpace(config, frozen_params(study))
                 log.info("screening froze %d of %d parameters: %s", len(objective.space.frozen),
                          len(objective.space), ", ".join(sorted(objective.space.frozen)) or "none")
-            if not has_room(study, total):
+            step = _next_step(plan, confirmer, total is None or has_room(study, total))
+            if step is night_plan.Step.STOP:
                 break
+            if step is night_plan.Step.CONFIRM:
+                show("confirm")
+                if confirmer.step() is not None:
+                    _timed_export(config, study, store, plan)  # the confirmed leader may have changed
+                show("confirm")
+                continue
             study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
                            gc_after_trial=False)
     if len(fails) >= MAX_FAILS_IN_A_ROW:
         raise UserError(f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {fails[-1]}); "
                         f"fix that, then run the same command to resume")
+
+
+def _next_step(plan: night_plan.Plan, confirmer: Optional[Confirmer], room: bool) -> night_plan.Step:
+    """The night's decision (night.decide) from what the study says now."""
+    fits = plan.fits(units=1)
+    due = fits and plan.confirm_due()
+    left = confirmer is not None and fits and (due or not room) and confirmer.work_left()
+    return night_plan.decide(fits, room, due, left)
+
+
+def _timed_export(config: Config, study: optuna.Study, store, plan: night_plan.Plan) -> None:
+    """Export best.*, timing it: the night keeps time for the last export."""
+    begun = time.time()
+    export_best(config, study, store)
+    plan.exports.append(time.time() - begun)

@@ -75,7 +75,9 @@ def validate(config: Config, study: optuna.Study, space: SearchSpace, engine, sc
     None when there is nothing to validate (no complete trial, or every render failed).
     `progress`: a step bar (None: on a terminal only; False: never).
     """
-    candidates = top_candidates(study.get_trials(deepcopy=False), config.validation.top_k)
+    confirmation = records.read_confirmation(study)  # the confirmed leaders first: the candidates best.* may follow
+    confirmed = {r.trial: r.mean for r in confirmation.rows if not r.baseline} if confirmation else None
+    candidates = top_candidates(study.get_trials(deepcopy=False), config.validation.top_k, confirmed)
     seeds = config.validation.seeds_for(config.seeds)
     evaluator = Evaluator(config, engine, scorers, prompts=config.validation_prompts, seeds=seeds)
     rows = []

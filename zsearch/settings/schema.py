@@ -152,14 +152,40 @@ class NoiseSettings(_Strict):
         return [[start + k * n + i for i in range(n)] for k in range(self.repeats)]
 
 
+class ConfirmSettings(_Strict):
+    """During a night (`hours:`), the top candidates are re-rendered on new seed sets of the
+    training prompts, and the morning's best is chosen on those jobs (search/confirm.py)."""
+
+    top_k: int = Field(3, ge=0)  # candidates kept in contention (and the baseline); 0: no confirmation
+    rounds: int = Field(8, ge=1)  # seed sets per candidate at most (each as many jobs as a trial)
+    after: float = Field(0.25, ge=0, lt=1)  # the share of the night searched before confirming starts
+    share: float = Field(0.25, gt=0, le=1)  # from then on, at most this share of the renders confirm
+
+
+DEFAULT_TRIALS = 500  # the trial budget of a config that sets neither `trials` nor `hours`
+
+
 class SearchSettings(_Strict):
-    trials: int = Field(500, ge=1)
-    hours: Optional[float] = Field(None, gt=0)
+    trials: Optional[int] = Field(None, ge=1)  # a cap; without `hours` the budget (default 500)
+    hours: Optional[float] = Field(None, gt=0)  # the night: the run ends before it, validation included
+    confirm: ConfirmSettings = ConfirmSettings()
     sampler: Literal["auto", "tpe", "cmaes", "gp", "random"] = "auto"  # auto = gp: a GP on a bounded set of trials (study/samplers.py)
     seed: int = 0
     bands: int = Field(3, ge=1, le=N_LAYERS)
     prune: bool = True
     screen: bool = False  # one-factor-at-a-time sweep first; freeze what stays within the noise
+
+    @property
+    def trial_cap(self) -> Optional[int]:
+        """The study's trial budget: `trials`, else 500 without `hours`; None: the night decides."""
+        if self.trials is not None:
+            return self.trials
+        return None if self.hours is not None else DEFAULT_TRIALS
+
+    @property
+    def confirms(self) -> bool:
+        """Confirmation runs in a night only: its share is a share of the hours."""
+        return self.hours is not None and self.confirm.top_k > 0
 
 
 class Config(_Strict):

@@ -3,7 +3,9 @@ validation all follow.
 
 In order of evidence: the training best (the top score; on a Pareto front the best weighted
 score), then validation's choice among the top trials while the training best is among those it
-validated, then a person's choice in `zsearch review`. Partial (pruned) trials are never chosen.
+validated, then confirmation's choice (the best mean over many new seed sets, search/confirm.py)
+while the training best has been confirmed, then a person's choice in `zsearch review`. Partial
+(pruned) trials are never chosen.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from zsearch.study import records
 
-TRAINING, VALIDATION, PERSON = "training score", "validation", "person"
+TRAINING, VALIDATION, CONFIRMATION, PERSON = "training score", "validation", "confirmation", "person"
 
 
 @dataclass(frozen=True)
 class Choice:
     trial: FrozenTrial  # the best
     train_best: FrozenTrial  # the best on the training jobs alone
-    by: str  # TRAINING, VALIDATION or PERSON
+    by: str  # TRAINING, VALIDATION, CONFIRMATION or PERSON
     review: Optional[dict] = None  # the review's record when a person chose
     validation_current: bool = False  # the training best is among the validated trials
 
@@ -56,6 +58,14 @@ def choose_best(study: optuna.Study) -> Optional[Choice]:
         chosen = _complete_at(trials, validation.chosen)
         choice = Choice(trial=chosen or train_best, train_best=train_best, by=VALIDATION if chosen else TRAINING,
                         validation_current=True)
+    confirmation = records.read_confirmation(study)
+    if confirmation is not None and confirmation.row(train_best.number) is not None:
+        # More jobs than validation's: a lucky training best is found out here. A new training
+        # best takes over until it is confirmed (the first contender a night confirms).
+        chosen = _complete_at(trials, confirmation.chosen)
+        if chosen is not None and records.can_be_best(chosen):
+            choice = Choice(trial=chosen, train_best=train_best, by=CONFIRMATION,
+                            validation_current=choice.validation_current)
     review = records.read_review(study)
     chosen = _complete_at(trials, review.get("chosen")) if review else None
     if chosen is not None:

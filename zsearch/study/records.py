@@ -16,7 +16,9 @@ Per trial (user attributes):
 Per study (user attributes): noise, validation, screening (see the dataclasses), space, fingerprint,
 setup_failed (the run that set the study up failed before measuring: the fixed command may replace it),
 review (a person's choices in `zsearch review` and the ranking fitted to them),
-run_started / run_ended (the whole runs' span, set-up and validation included: the report's wall time).
+run_started / run_ended (the whole runs' span, set-up and validation included: the report's wall time),
+night (the night's start and deadline, shared by its workers), confirm:<trial>:<round> (one
+confirmation round's per-job scores and seeds) and confirmation (the confirmed ranking).
 
 Review study (`<name>:review`, optuna-dashboard's preferential study): candidates, labels, pairs,
 search_study, seeds per study; candidate, pair, render per trial.
@@ -85,6 +87,10 @@ PAIR = "pair"  # on a review trial: which pair of the schedule it belongs to
 
 RUN_STARTED = "run_started"  # ISO time (local) the first `zsearch run` of the study began (set up, noise, ...)
 RUN_ENDED = "run_ended"  # ISO time (local) the latest `zsearch run` ended (after validation and best.*)
+
+NIGHT = "night"  # {start, deadline, hours} of the night in progress (epoch seconds)
+CONFIRM_ROUND = "confirm:"  # + "<trial>:<round>": one confirmation round of one trial
+CONFIRMATION = "confirmation"  # the confirmed ranking, best first, and the trial it chose
 
 
 def is_number(value: Any) -> bool:
@@ -458,3 +464,119 @@ def read_run_span(study) -> tuple[Optional[Any], Optional[Any]]:
     attrs = study.user_attrs
     return (parse(attrs[RUN_STARTED]) if RUN_STARTED in attrs else None,
             parse(attrs[RUN_ENDED]) if RUN_ENDED in attrs else None)
+
+
+# ------------------------------------------------------------ the night
+
+@dataclass
+class Night:
+    """The night a run is budgeted by: every worker of the study ends before `deadline`."""
+
+    start: float  # epoch seconds
+    deadline: float
+    hours: float
+
+    @property
+    def seconds(self) -> float:
+        return self.deadline - self.start
+
+
+def read_night(study) -> Optional[Night]:
+    raw = _mapping(study.user_attrs.get(NIGHT))
+    if not all(is_number(raw.get(k)) for k in ("start", "deadline", "hours")) or raw["deadline"] <= raw["start"]:
+        return None
+    return Night(start=float(raw["start"]), deadline=float(raw["deadline"]), hours=float(raw["hours"]))
+
+
+def write_night(study, night: Night) -> None:
+    study.set_user_attr(NIGHT, asdict(night))
+
+
+# ------------------------------------------------------------ confirmation
+
+@dataclass
+class ConfirmRound:
+    """One trial re-rendered on one new seed set of the training prompts (jobs prompt-major)."""
+
+    trial: int
+    round: int
+    seeds: list[int]
+    jobs: list[float]
+
+
+def confirm_round_key(trial: int, round_index: int) -> str:
+    return f"{CONFIRM_ROUND}{trial}:{round_index}"
+
+
+def write_confirm_round(study, result: ConfirmRound) -> None:
+    study.set_user_attr(confirm_round_key(result.trial, result.round),
+                        {"seeds": list(result.seeds), "jobs": [None if math.isnan(x) else x for x in result.jobs]})
+
+
+def read_confirm_rounds(study) -> list[ConfirmRound]:
+    """Every recorded confirmation round, by trial then round; malformed ones are skipped."""
+    rounds = []
+    for key, raw in study.user_attrs.items():
+        if not key.startswith(CONFIRM_ROUND):
+            continue
+        try:
+            trial, index = (int(part) for part in key.removeprefix(CONFIRM_ROUND).split(":"))
+        except ValueError:
+            continue
+        raw, jobs = _mapping(raw), _numbers(_mapping(raw).get("jobs"))
+        seeds = raw.get("seeds")
+        if jobs is None or not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
+            continue
+        rounds.append(ConfirmRound(trial=trial, round=index, seeds=list(seeds), jobs=jobs))
+    return sorted(rounds, key=lambda r: (r.trial, r.round))
+
+
+@dataclass
+class ConfirmedRow:
+    trial: int
+    rounds: int  # confirmation rounds scored
+    jobs: int  # confirmation jobs scored
+    mean: float  # the mean over them
+    baseline: bool
+    gain: Optional[dict] = None  # stats.Comparison.to_dict() over the baseline, paired on shared seed sets
+
+
+@dataclass
+class Confirmation:
+    rows: list[ConfirmedRow]  # best confirmed mean first
+    chosen: Optional[int]  # the trial best.* follow while the training best is confirmed
+
+    def row(self, trial_number: int) -> Optional[ConfirmedRow]:
+        return next((r for r in self.rows if r.trial == trial_number), None)
+
+    def order(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        """`trials` with the confirmed ones first, by their confirmed rank; the others after, as given."""
+        rank = {r.trial: i for i, r in enumerate(self.rows)}
+        return sorted(trials, key=lambda t: rank.get(t.number, len(rank)))
+
+    def to_dict(self) -> dict:
+        return {"rows": [asdict(r) for r in self.rows], "chosen": self.chosen}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Optional["Confirmation"]:
+        raw = _mapping(raw)
+        rows = []
+        for row in raw.get("rows", []) if isinstance(raw.get("rows"), list) else []:
+            row = _mapping(row)
+            if isinstance(row.get("trial"), int) and is_number(row.get("mean")) \
+                    and isinstance(row.get("rounds"), int) and isinstance(row.get("jobs"), int):
+                gain = row.get("gain") if isinstance(row.get("gain"), dict) else None
+                rows.append(ConfirmedRow(trial=row["trial"], rounds=row["rounds"], jobs=row["jobs"],
+                                         mean=float(row["mean"]), baseline=bool(row.get("baseline")), gain=gain))
+        if not rows:
+            return None
+        chosen = raw.get("chosen") if isinstance(raw.get("chosen"), int) else None
+        return cls(rows=rows, chosen=chosen)
+
+
+def read_confirmation(study) -> Optional[Confirmation]:
+    return Confirmation.from_dict(study.user_attrs.get(CONFIRMATION))
+
+
+def write_confirmation(study, confirmation: Confirmation) -> None:
+    study.set_user_attr(CONFIRMATION, confirmation.to_dict())
