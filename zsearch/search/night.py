@@ -140,7 +140,7 @@ class Plan:
         return rounds + 1 <= c.share * (rounds + trials + 1) + 1e-9
 
     def phase(self) -> str:
-        from zsearch.study.storage import STARTUP_TRIALS
+        from zsearch.study.samplers import STARTUP_TRIALS
         complete = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         return "explore" if complete < STARTUP_TRIALS else "exploit"
 

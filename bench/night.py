@@ -1,0 +1,112 @@
+"""A short night on the demo: does the plan end in time, and does confirmation pick better?
+
+On configs/demo.yaml's search space and objective, with 2 seeds (6 jobs a trial: a real night's
+trial is 8 jobs, so its training score is as noisy), `search.hours` set and no trial cap, for
+search seeds 0..N-1:
+- time: the night's deadline against the end of the run (validation and export included), and the
+  seconds left unused at the end;
+- work: trials, confirmation rounds;
+- choice: the training best (the top training score) and the morning's best (best.yaml, chosen by
+  confirmation), each re-scored on fresh jobs that neither training, confirmation nor validation
+  used (8 new seed sets of the prompts), and their weight-space distance to the hidden w*.
+
+    python bench/night.py [--minutes 4] [--runs 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from zsearch.demo.build import build_demo  # noqa: E402
+from zsearch.lora.read import load_loras  # noqa: E402
+from zsearch.search import run as run_module  # noqa: E402
+from zsearch.search import session  # noqa: E402
+from zsearch.search.distance import weight_distance  # noqa: E402
+from zsearch.search.evaluate import Evaluator  # noqa: E402
+from zsearch.settings.load import load_config  # noqa: E402
+from zsearch.study import records  # noqa: E402
+from zsearch.study.space import SearchSpace  # noqa: E402
+
+FRESH_SEEDS = [60000 + i for i in range(16)]  # 8 sets of 2: apart from every seed the run uses
+
+
+def night_config(folder: Path, assets_dir: Path, minutes: float, search_seed: int):
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
+    data = yaml.safe_load(text)
+    data.update(output=str(folder / "out"), seeds=[1, 2])
+    data["search"].update(seed=search_seed, hours=minutes / 60)
+    data["search"].pop("trials", None)
+    data["validation"] = {"top_k": 3}
+    path = folder / "night.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    session.prepare(config)
+    return config
+
+
+def one_night(config, assets, loras) -> dict:
+    began = time.time()
+    run_module.run(config, show_progress=False)
+    ended = time.time()
+    study = optuna.load_study(study_name=config.name, storage=config.storage_url)
+    night = records.read_night(study)
+    complete = records.candidates(study.get_trials(deepcopy=False))
+    train_best = max(complete, key=records.trial_score)
+    chosen = yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]
+    space = SearchSpace(config)
+    engine = session.load_engine(config)
+    scorers = session.load_scorers(config, engine.device)
+    fresh = Evaluator(config, engine, scorers, seeds=FRESH_SEEDS)
+    picks = {"training best": train_best.number, "morning best": chosen["trial"]}
+    scores = {name: fresh.evaluate(space.recipe(study.trials[n].params)).value for name, n in picks.items()}
+    distances = {name: weight_distance(loras, space.recipe(study.trials[n].params), assets.hidden_recipe)
+                 for name, n in picks.items()}
+    confirmation = records.read_confirmation(study)
+    return {"seconds": ended - began, "budget": night.deadline - night.start, "left": night.deadline - ended,
+            "trials": len(study.trials), "rounds": sum(r.rounds for r in confirmation.rows) if confirmation else 0,
+            "picks": picks, "chosen_by": chosen["chosen_by"]["by"], "fresh": scores, "distance": distances}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        assets = build_demo(Path(tmp) / "assets")
+        loras = load_loras(assets.loras)
+        results = []
+        for seed in range(args.runs):
+            config = night_config(Path(tmp) / f"night{seed}", assets.root, args.minutes, seed)
+            r = one_night(config, assets, loras)
+            results.append(r)
+            print(f"seed {seed}: {r['trials']} trials + {r['rounds']} confirmation rounds in {r['seconds']:.0f} s "
+                  f"of {r['budget']:.0f} s ({r['left']:.1f} s left); training best {r['picks']['training best']} "
+                  f"fresh {r['fresh']['training best']:.4f} d {r['distance']['training best']:.3f}; morning best "
+                  f"{r['picks']['morning best']} ({r['chosen_by']}) fresh {r['fresh']['morning best']:.4f} "
+                  f"d {r['distance']['morning best']:.3f}", flush=True)
+        gains = [r["fresh"]["morning best"] - r["fresh"]["training best"] for r in results]
+        print(f"all {len(results)} nights ended before the deadline: {all(r['left'] >= 0 for r in results)}; "
+              f"median seconds left {statistics.median(r['left'] for r in results):.1f}; "
+              f"morning best minus training best on fresh jobs: median {statistics.median(gains):+.4f}, "
+              f"differs in {sum(g != 0 for g in gains)} of {len(gains)}")
+
+
+if __name__ == "__main__":
+    main()
