@@ -169,6 +169,11 @@ def test_the_best_follows_the_confirmed_ranking_once_the_training_best_is_confir
     scores = best_scores(study, study.trials[2])
     assert scores["confirmed"]["jobs"] == 2 and scores["gain"]["on"] == "confirmation"
     assert scores["gain"]["gain"] == pytest.approx(0.21)
+    from zsearch.report.facts import gather
+    from zsearch.report.sections import summary
+    text = " ".join(getattr(block, "text", "") for block in summary(gather(study), "c.yaml", 2, tmp_path))
+    assert ("Confirmation re-rendered the top trials on 2 jobs of 1 new seed sets; best.* follow trial 2, the "
+            "best mean there, over the training best (trial 1, which scored 0.5050 there).") in text
 
 
 # ---------------------------------------------------------------- claims and contenders

@@ -40,6 +40,7 @@ class StudyFacts:
     best: Optional[FrozenTrial]  # what best.* hold: the validation's choice when it is current
     validation_current: bool  # validation covers the training best
     chosen_by: str = "training score"  # how the best was chosen (study/choice.py)
+    confirmation: Optional[records.Confirmation] = None  # the night's confirmed ranking
     tally: records.TrialCounts = records.TrialCounts(0, 0, 0, 0)  # every count the report states
     counts: dict[str, int] = field(default_factory=dict)  # the same, as a dict
     screening_trials: int = 0
@@ -119,7 +120,8 @@ def gather(study: optuna.Study, objective_weights: tuple[float, float] = (1.0, 0
         objective_weights=objective_weights, trials=trials, space=_space(attrs.get(records.SPACE)),
         prompts=_prompts(attrs.get(records.FINGERPRINT)), noise=records.read_noise(study),
         screening=records.read_screening(study), validation=records.read_validation(study),
-        baseline=baseline, train_best=None, best=None, validation_current=False)
+        baseline=baseline, train_best=None, best=None, validation_current=False,
+        confirmation=records.read_confirmation(study))
     choice = choose_best(study)  # the one rule zsearch best follows
     if choice is not None:
         facts.train_best, facts.best = choice.train_best, choice.trial

@@ -15,7 +15,7 @@ from zsearch.outputs.provenance import how_to_load
 from zsearch.study import records
 
 from zsearch.study import stats
-from zsearch.study.choice import PERSON
+from zsearch.study.choice import CONFIRMATION, PERSON, VALIDATION
 from zsearch.report import advice, plots
 from zsearch.report import importance as ranking
 from zsearch.report.facts import StudyFacts, duration, trial_score
@@ -58,6 +58,8 @@ def summary(facts: StudyFacts, config_path: str, best_yaml_trial: Optional[int],
     blocks.append(Para(_validation_sentence(facts, config_path)))
     if facts.chosen_by == PERSON:
         blocks.append(Para(f"You chose {_trial(facts.best)} in `zsearch review`; best.* follow your choice."))
+    elif facts.chosen_by == CONFIRMATION:
+        blocks.append(Para(_confirmation_sentence(facts)))
     if best_yaml_trial is None:
         blocks.append(Para(f"No best.yaml in {out_dir} yet; `zsearch best {config_path}` writes best.yaml, "
                            f"best.safetensors and best.png."))
@@ -177,7 +179,7 @@ def _validation_sentence(facts: StudyFacts, config_path: str) -> str:
     if v.baseline is not None and chosen is not None:
         text += f" vs {f4(v.baseline)} for plain stacking ({signed(chosen.validation - v.baseline)})"
     text += "."
-    if facts.chosen_by != PERSON and facts.train_best is not None and facts.best.number != facts.train_best.number:
+    if facts.chosen_by == VALIDATION and facts.train_best is not None and facts.best.number != facts.train_best.number:
         lost = facts.validation_row(facts.train_best)
         text += (f" Validation chose it over the training best ({_trial(facts.train_best)}), which scored "
                  f"{f4(lost.train if lost else None)} on training but {f4(lost.validation if lost else None)} "
@@ -195,6 +197,19 @@ def _held_out_set(v) -> str:
     if v.same_prompts is None:  # a study validated by an older zsearch: which prompts is not recorded
         return f"{count}prompts with new seeds ({seeds})"
     return f"{count}held-out prompts with new seeds ({seeds})"
+
+
+def _confirmation_sentence(facts: StudyFacts) -> str:
+    """Confirmation chose the best: on how many new jobs, and against which training best."""
+    ranking = facts.confirmation
+    row = ranking.row(facts.best.number) if ranking else None
+    jobs = f" on {row.jobs} jobs of {row.rounds} new seed sets" if row else " on new seed sets"
+    text = f"Confirmation re-rendered the top trials{jobs}; best.* follow {_trial(facts.best)}, the best mean there"
+    if facts.train_best is not None and facts.best.number != facts.train_best.number:
+        lost = ranking.row(facts.train_best.number) if ranking else None
+        text += (f", over the training best ({_trial(facts.train_best)}"
+                 + (f", which scored {f4(lost.mean)} there)" if lost else ")"))
+    return text + "."
 
 
 def _interval(c: Optional[stats.Comparison]) -> str:
