@@ -105,10 +105,10 @@ def test_the_night_keeps_time_for_validation_and_the_last_export(tmp_path, demo_
     # 6 jobs a trial, 6 a validation row (3 prompts x 2 new seeds), baseline + 2 rows; one last round
     finish = night.SAFETY * (3 * 6 * 30.0 / 6 + 4.0 + 30.0)
     assert plan.finish_seconds(30.0) == pytest.approx(finish)
-    last_start = t0 + 3600 - finish - night.SAFETY * 30.0
+    last_start = t0 + 3600 - finish - night.SAFETY * 30.0 - night.MARGIN_S
     assert plan.fits(now=last_start) and not plan.fits(now=last_start + 1)
-    assert plan.validation_fits(now=t0 + 3600 - night.SAFETY * (90.0 + 4.0))
-    assert not plan.validation_fits(now=t0 + 3600 - night.SAFETY * (90.0 + 4.0) + 1)
+    assert plan.validation_fits(now=t0 + 3600 - night.SAFETY * (90.0 + 4.0) - night.MARGIN_S)
+    assert not plan.validation_fits(now=t0 + 3600 - night.SAFETY * (90.0 + 4.0) - night.MARGIN_S + 1)
     assert plan.left(now=t0 + 600) == 3000
 
 
@@ -300,3 +300,28 @@ def test_confirmation_reveals_a_lucky_trial_and_the_morning_best_is_the_other(tm
     best = yaml.safe_load((config.out_dir / "best.yaml").read_text())["info"]
     assert best["trial"] == honest and best["chosen_by"]["by"] == "confirmation"
     assert best["scores"]["confirmed"]["jobs"] == 12
+
+
+def test_two_workers_keep_one_night_and_never_confirm_the_same_round_twice(tmp_path, demo_assets):
+    """Two `zsearch run` processes on one study: the same deadline for both, every confirmation
+    round rendered once, and both end before the night does."""
+    from search_helpers import start
+    path = demo_config(tmp_path, demo_assets, search={"trials": None, "hours": 45 / 3600,
+                                                      "confirm": {"top_k": 2, "rounds": 3, "after": 0.2, "share": 0.5}})
+    began = time.time()
+    workers = [start("run", path, "--no-progress") for _ in range(2)]
+    for proc in workers:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    ended = time.time()
+    out = tmp_path / "out" / "t"
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{out / 'study.db'}")
+    recorded = records.read_night(study)
+    assert began <= recorded.start and ended <= recorded.deadline  # both held the first worker's night
+    trials = study.get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs.get(records.WORKER) for t in trials}) == 2
+    claims = optuna.load_study(study_name="t" + confirm.CLAIMS_SUFFIX, storage=f"sqlite:///{out / 'study.db'}")
+    done = [c.user_attrs["key"] for c in claims.get_trials(states=(TrialState.COMPLETE,))]
+    assert done and len(done) == len(set(done))  # no round rendered twice
+    assert not claims.get_trials(states=(TrialState.RUNNING,))

@@ -6,7 +6,8 @@
   the end of the night fit before the deadline: validation of the top trials, the last export of
   best.*, and (with confirmation) one last round that confirms a late training best. Each is
   estimated from measured durations: the slowest of this worker's last full trials (else any
-  worker's), per job for validation, and the exports this run timed; all times SAFETY.
+  worker's), per job for validation, and the exports this run timed; all times SAFETY, plus
+  MARGIN_S for what is not measured.
 - Phases: explore (the sampler's start-up design), exploit (the model-guided sampler), confirm
   (from `confirm.after` of the night on, at most `confirm.share` of the renders; all of them once
   the trial cap is reached, so the GPU stays busy), validate.
@@ -27,6 +28,7 @@ from zsearch.study import records
 from zsearch.study.workers import WORKER_ID
 
 SAFETY = 1.25  # every estimate is stretched by this much: a late night costs more than an idle minute
+MARGIN_S = 5.0  # and this much is kept for what is not measured: storage waits, closing the run
 RECENT = 10  # the estimate follows the last trials (a sampler's cost grows with the study)
 
 
@@ -112,7 +114,7 @@ class Plan:
         if unit is None:  # nothing measured yet: the first unit measures
             return now < self.night.deadline
         end = now + SAFETY * units * unit + (self.finish_seconds(unit) if finish else 0.0)
-        return end <= self.night.deadline
+        return end + MARGIN_S <= self.night.deadline
 
     def validation_fits(self, now: Optional[float] = None) -> bool:
         if self.night is None:
@@ -122,7 +124,7 @@ class Plan:
         if unit is None:
             return now < self.night.deadline
         export = max(self.exports) if self.exports else unit
-        return now + SAFETY * (self.validation_seconds(unit) + export) <= self.night.deadline
+        return now + SAFETY * (self.validation_seconds(unit) + export) + MARGIN_S <= self.night.deadline
 
     # ------------------------------------------------------------ phases
     def confirm_due(self, now: Optional[float] = None) -> bool:
