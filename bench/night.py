@@ -10,12 +10,16 @@ search seeds 0..N-1:
   confirmation), each re-scored on fresh jobs that neither training, confirmation nor validation
   used (8 new seed sets of the prompts), and their weight-space distance to the hidden w*.
 
-    python bench/night.py [--minutes 4] [--runs 3] [--threads 1]
+    python bench/night.py [--minutes 4] [--runs 3] [--threads 1] [--smoke]
+
+--smoke: one 30-second night, fresh jobs on 2 seed sets (tests that the script runs); with
+ZSEARCH_BENCH_DEMO set, the demo assets there are used instead of building them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -57,7 +61,7 @@ def night_config(folder: Path, assets_dir: Path, minutes: float, search_seed: in
     return config
 
 
-def one_night(config, assets, loras) -> dict:
+def one_night(config, assets, loras, fresh_seeds: list[int] = FRESH_SEEDS) -> dict:
     began = time.time()
     run_module.run(config, show_progress=False)
     ended = time.time()
@@ -69,7 +73,7 @@ def one_night(config, assets, loras) -> dict:
     space = SearchSpace(config)
     engine = session.load_engine(config)
     scorers = session.load_scorers(config, engine.device)
-    fresh = Evaluator(config, engine, scorers, seeds=FRESH_SEEDS)
+    fresh = Evaluator(config, engine, scorers, seeds=fresh_seeds)
     picks = {"training best": train_best.number, "morning best": chosen["trial"]}
     scores = {name: fresh.evaluate(space.recipe(study.trials[n].params)).value for name, n in picks.items()}
     distances = {name: weight_distance(loras, space.recipe(study.trials[n].params), assets.hidden_recipe)
@@ -85,16 +89,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="one 30-second night (tests the script)")
     args = parser.parse_args()
+    if args.smoke:
+        args.minutes, args.runs = 0.5, 1
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        assets = build_demo(Path(tmp) / "assets")
+        assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "assets"))
         loras = load_loras(assets.loras)
         results = []
         for seed in range(args.runs):
             config = night_config(Path(tmp) / f"night{seed}", assets.root, args.minutes, seed)
-            r = one_night(config, assets, loras)
+            r = one_night(config, assets, loras, FRESH_SEEDS[:4] if args.smoke else FRESH_SEEDS)
             results.append(r)
             print(f"seed {seed}: {r['trials']} trials + {r['rounds']} confirmation rounds in {r['seconds']:.0f} s "
                   f"of {r['budget']:.0f} s ({r['left']:.1f} s left); training best {r['picks']['training best']} "

@@ -23,6 +23,7 @@ KEY_LINES = {  # the line each script exists to print
     "search.py": r"median images to target",
     "demo_faithfulness.py": r"nudges lower than w\*: \d+%",
     "sampler_scale.py": r"^\| \w+ \| \d+ \| \d+ \| [\d.]+ \|",
+    "night.py": r"nights ended before the deadline: True",
 }
 
 

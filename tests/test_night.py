@@ -277,7 +277,7 @@ def test_confirmation_reveals_a_lucky_trial_and_the_morning_best_is_the_other(tm
     weighting, which the references show) a lower one. Confirmation renders both for real on new
     seeds, and the morning's best.* follow 'steady'."""
     from zsearch.search.run import run
-    from zsearch.study.storage import open_study
+    from zsearch.study.opening import open_study
     config = small_config(tmp_path, demo_assets, search={"trials": 3, "hours": 0.05,
                                                          "confirm": {"top_k": 2, "rounds": 2, "after": 0.0}})
     space = SearchSpace(config)
@@ -308,6 +308,7 @@ def test_two_workers_keep_one_night_and_never_confirm_the_same_round_twice(tmp_p
     from search_helpers import start
     path = demo_config(tmp_path, demo_assets, search={"trials": None, "hours": 45 / 3600,
                                                       "confirm": {"top_k": 2, "rounds": 3, "after": 0.2, "share": 0.5}})
+    (tmp_path / "out" / "t").mkdir(parents=True)  # main's output-path probe races between two workers creating it
     began = time.time()
     workers = [start("run", path, "--no-progress") for _ in range(2)]
     for proc in workers:
