@@ -134,3 +134,22 @@ def test_report_and_review_folders_that_are_files(demo_assets, tmp_path, capsys)
         line = _one_line(capsys, main([command, str(config)]), blocker)
         assert "a file stands where a folder is needed" in line
         assert blocker.read_text() == "the user's file"
+
+
+def test_a_folder_another_worker_makes_meanwhile_is_no_error(tmp_path, monkeypatch):
+    """Two workers starting together on a new output folder: the one that finds it made between
+    its look and its try writes into it, instead of calling it a file in the way."""
+    from zsearch.util import atomic
+
+    target = tmp_path / "new" / "out"
+    real_mkdir = atomic.os.mkdir
+
+    def raced(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)  # the other worker, first
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(atomic.os, "mkdir", raced)
+    atomic.check_can_create(target, "output", folder=True)
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="a file stands where a folder is needed"):
+        atomic.check_can_create(tmp_path / "file" / "out", "output", folder=True)

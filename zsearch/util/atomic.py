@@ -99,7 +99,13 @@ def _try_create(base: Path, names: list[str], as_file: bool) -> None:
         os.close(fd)
         os.unlink(first)
     else:
-        os.mkdir(first)
+        try:
+            os.mkdir(first)
+        except FileExistsError:
+            if not first.is_dir():
+                raise
+            _try_create(first, [], as_file=True)  # another worker made it just now: try inside it
+            return
         with suppress(OSError):  # another process may have put something in it meanwhile: it stays
             os.rmdir(first)
 
