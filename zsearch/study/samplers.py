@@ -66,7 +66,6 @@ def _empty_points(d: int) -> np.ndarray:
 FITTED = 100  # the most completed trials a fit sees (bench/sampler_scale.py: cost per trial)
 BEST_SHARE, RECENT_SHARE = 0.4, 0.3  # of FITTED: the best trials, then the newest; the rest spread
 PENDING = 8  # running trials (other workers', a prefetched ask) the acquisition treats as pending
-PRELIMINARY_SAMPLES, LOCAL_SEARCHES = 1024, 5  # acquisition optimisation (Optuna's: 2048, 10)
 
 
 class BoundedGPSampler(optuna.samplers.GPSampler):
@@ -83,13 +82,11 @@ class BoundedGPSampler(optuna.samplers.GPSampler):
     nothing else is shared.
     """
 
-    def __init__(self, *, fitted: int = FITTED, pending: int = PENDING,
-                 preliminary_samples: int = PRELIMINARY_SAMPLES, local_searches: int = LOCAL_SEARCHES, **kwargs):
+    def __init__(self, *, fitted: int = FITTED, pending: int = PENDING, **kwargs):
+        # Optuna's own acquisition search is kept: a cheaper one (1,024 starts, 5 local searches)
+        # took the demo's known-optimum run from 0.25x to 0.46x of the baseline's distance.
         super().__init__(**kwargs)
         self.fitted, self.pending = max(4, fitted), max(0, pending)
-        self._n_preliminary_samples = preliminary_samples  # read by Optuna >= 4.1's acquisition search
-        self._n_local_search = local_searches
-        self._n_qmc_samples_qei = 64  # Monte Carlo samples of the batch EI with pending points (Optuna's: 128)
 
     def sample_relative(self, study, trial, search_space):
         return super().sample_relative(_BoundedView(study, self), trial, search_space)
