@@ -24,6 +24,7 @@ KEY_LINES = {  # the line each script exists to print
     "demo_faithfulness.py": r"nudges lower than w\*: \d+%",
     "sampler_scale.py": r"^\| \w+ \| \d+ \| \d+ \| [\d.]+ \|",
     "night.py": r"nights ended before the deadline: True",
+    "fidelity.py": r"^\| half steps \| 0\.50 \| -?[\d.]+ \|",
 }
 
 

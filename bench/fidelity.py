@@ -1,0 +1,93 @@
+"""Cheaper screening (issue 21, item 3): do renders with fewer steps or at a smaller size rank
+weightings as full renders do?
+
+On the demo's config (configs/demo.yaml, its prompts, seeds and judge), K random weightings of the
+search space are scored at full fidelity and at cheaper ones; the Spearman rank correlation of
+each cheap fidelity with the full one, and its cost in pixel-steps, are printed. A screen pays
+only where the agreement is high at a low cost.
+
+    python bench/fidelity.py [--weightings 24] [--seed 0]
+    python bench/fidelity.py --smoke        # 4 weightings, one prompt: tests the script
+
+ZSEARCH_BENCH_DEMO names a built demo to reuse (else it is built in a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+import yaml
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from zsearch.demo.build import build_demo  # noqa: E402
+from zsearch.search import session  # noqa: E402
+from zsearch.search.evaluate import Evaluator  # noqa: E402
+from zsearch.settings.load import load_config  # noqa: E402
+from zsearch.study.space import SearchSpace  # noqa: E402
+
+
+def demo_config(folder: Path, assets_dir: Path, prompts: int):
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
+    data = yaml.safe_load(text)
+    data["output"] = str(folder / "out")
+    path = folder / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    session.prepare(config)
+    config.prompt_list = config.prompt_list[:prompts]
+    return config
+
+
+def fidelities(render) -> dict[str, tuple[int, int]]:
+    """name -> (steps, side): the full render, half the steps, half the side (a multiple of 16), both."""
+    half_side = max(16, render.width // 2 // 16 * 16)
+    half_steps = max(1, render.steps // 2)
+    return {"full": (render.steps, render.width), "half steps": (half_steps, render.width),
+            "half size": (render.steps, half_side), "both": (half_steps, half_side)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weightings", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="4 weightings, one prompt")
+    args = parser.parse_args()
+    k, prompts = (4, 1) if args.smoke else (args.weightings, 99)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "demo"))
+        config = demo_config(Path(tmp), assets.root, prompts)
+        engine = session.load_engine(config)
+        scorers = session.load_scorers(config, engine.device)
+        space = SearchSpace(config)
+        rng = random.Random(args.seed)
+        weightings = [space.recipe({p.name: rng.uniform(p.low, p.high) for p in space.params}) for _ in range(k)]
+        full_render = config.render
+        scores, cost = {}, {}
+        for name, (steps, side) in fidelities(full_render).items():
+            config.render = full_render.model_copy(update={"steps": steps, "width": side, "height": side})
+            evaluator = Evaluator(config, engine, scorers)
+            scores[name] = [evaluator.evaluate(w).value for w in weightings]
+            cost[name] = steps * side * side
+        config.render = full_render
+    print(f"{date.today()}: {k} random weightings of configs/demo.yaml, {len(config.prompt_list)} prompts x "
+          f"{len(config.seeds)} seeds, full = {full_render.steps} steps at {full_render.width} px")
+    print("| fidelity | pixel-steps vs full | Spearman with full |")
+    print("|---|---|---|")
+    for name in scores:
+        rho = spearmanr(scores["full"], scores[name]).statistic if k > 2 else float("nan")
+        print(f"| {name} | {cost[name] / cost['full']:.2f} | {rho:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
