@@ -47,4 +47,6 @@ def test_build_demo_under_inference_mode_gives_the_same_bytes(demo_assets, tmp_p
     from zsearch.demo.build import build_demo
     with torch.inference_mode():  # stricter than no_grad: tensors made here cannot enter autograd at all
         assets = build_demo(tmp_path / "demo")
-    assert _digests(assets.root) == _digests(demo_assets.root)
+    fresh, session = _digests(assets.root), _digests(demo_assets.root)
+    # the session's demo folder may also hold what other tests cached in it since: compare the build's files
+    assert len(fresh) > 20 and fresh == {name: session.get(name) for name in fresh}
