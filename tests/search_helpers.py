@@ -113,3 +113,24 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+def plant_best(config, score: float = 10.0):
+    """The config's study, opened, with a finished trial scoring `score` on each of its 6 jobs: every
+    later trial is worse, so the pruner stops them early."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from zsearch.study import records
+    from zsearch.study.opening import open_study
+    from zsearch.study.space import SearchSpace
+
+    space = SearchSpace(config)
+    study = open_study(config, space)
+    jobs = len(config.prompt_list) * len(config.seeds)
+    assert jobs == 6
+    dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
+    study.add_trial(create_trial(params=space.baseline(), value=score, distributions=dists,
+                                 intermediate_values={i: score for i in range(jobs)},
+                                 user_attrs={records.SCORE: score, records.JOBS: [score] * jobs}))
+    return study

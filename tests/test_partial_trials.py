@@ -12,19 +12,16 @@ import re
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 from optuna_dashboard._note import get_note_from_system_attrs  # what the dashboard's trial page reads
 
-from search_helpers import demo_config
+from search_helpers import demo_config, plant_best
 from zsearch.cli import main
 from zsearch.report import plots, write_report
 from zsearch.report.facts import gather
 from zsearch.search.progress import Progress
 from zsearch.settings.load import check_inputs, load_config
 from zsearch.study import records
-from zsearch.study.space import SearchSpace
-from zsearch.study.opening import open_study
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +32,7 @@ def stopped_run(tmp_path_factory, demo_assets):
                        search={"trials": 4, "prune": True})
     config = load_config(path)
     check_inputs(config)
-    space = SearchSpace(config)
-    study = open_study(config, space)
-    jobs = len(config.prompt_list) * len(config.seeds)
-    assert jobs == 6
-    dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
-    study.add_trial(create_trial(params=space.baseline(), value=10.0, distributions=dists,
-                                 intermediate_values={i: 10.0 for i in range(jobs)},
-                                 user_attrs={records.SCORE: 10.0, records.JOBS: [10.0] * jobs}))
+    study = plant_best(config)
     import contextlib
     import io
     out = io.StringIO()

@@ -12,7 +12,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from search_helpers import demo_config, start, zsearch
+from search_helpers import demo_config, plant_best, start, zsearch
 from zsearch.settings.load import check_inputs, load_config
 from zsearch.search import run as run_module
 from zsearch.search import session as session_module
@@ -174,23 +174,11 @@ def test_dashboard_serves_the_study(tmp_path, demo_assets):
 def test_a_trial_the_pruner_stops_completes_as_partial_and_is_never_picked_or_validated(tmp_path, demo_assets):
     """A planted best scoring 10 on every job: the next search trials are worse on every job, so
     WilcoxonPruner stops them after 4 of 6 jobs (p = 1/16 < 0.1; after 2 jobs p = 1/4)."""
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import create_trial
-
     from zsearch.study import records
-    from zsearch.study.space import SearchSpace
-    from zsearch.study.opening import open_study
 
     config = loaded(demo_config(tmp_path, demo_assets, render={"batch": 2}, search={"trials": 4, "prune": True},
                                 validation={"top_k": 3}))
-    space = SearchSpace(config)
-    study = open_study(config, space)
-    jobs = len(config.prompt_list) * len(config.seeds)
-    assert jobs == 6
-    dists = {n: FloatDistribution(lo, hi) for n, (lo, hi) in space.describe().items()}
-    study.add_trial(create_trial(params=space.baseline(), value=10.0, distributions=dists,
-                                 intermediate_values={i: 10.0 for i in range(jobs)},
-                                 user_attrs={records.SCORE: 10.0, records.JOBS: [10.0] * jobs}))
+    study = plant_best(config)
     run_module.run(config, show_progress=False)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
     searched = [t for t in study.trials if records.ROLE not in t.user_attrs and t.value != 10.0]
