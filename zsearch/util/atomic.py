@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -69,6 +70,19 @@ def check_can_create(target: str | os.PathLike, where: str | None = None, folder
     with `folder`, a folder to write files into. Tried for real at the deepest part that exists
     (a file or folder made there and removed at once); nothing of the user's is touched."""
     target = Path(target)
+    for attempt in range(PROBE_ATTEMPTS):
+        try:
+            return _probe(target, where, folder)
+        except FileNotFoundError as exc:  # a worker started at the same moment removed its own probe:
+            if attempt + 1 == PROBE_ATTEMPTS:  # look again (a special file system stays refused)
+                raise cannot_create(target, exc, where) from None
+            time.sleep(0.05 * (attempt + 1))
+
+
+PROBE_ATTEMPTS = 5
+
+
+def _probe(target: Path, where: str | None, folder: bool) -> None:
     try:
         base, missing = _deepest_existing(target if folder else target.parent)
         if not base.is_dir():
@@ -82,6 +96,8 @@ def check_can_create(target: str | os.PathLike, where: str | None = None, folder
             _try_create(base, missing[:1], as_file=False)
         else:  # the folder is there: the file itself, or (it exists) a new file beside it
             _try_create(base, [] if os.path.lexists(target) else [target.name], as_file=True)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise cannot_create(target, exc, where) from None
 
