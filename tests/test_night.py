@@ -109,6 +109,7 @@ def test_the_night_keeps_time_for_validation_and_the_last_export(tmp_path, demo_
     assert plan.fits(now=last_start) and not plan.fits(now=last_start + 1)
     assert plan.validation_fits(now=t0 + 3600 - night.SAFETY * (90.0 + 4.0) - night.MARGIN_S)
     assert not plan.validation_fits(now=t0 + 3600 - night.SAFETY * (90.0 + 4.0) - night.MARGIN_S + 1)
+    assert plan.validation_need() == pytest.approx(night.SAFETY * (90.0 + 4.0) + night.MARGIN_S)
     assert plan.left(now=t0 + 600) == 3000
 
 
@@ -249,7 +250,7 @@ def test_contenders_advance_level_by_level_and_a_poor_confirmed_trial_drops_out(
 
 def test_a_short_night_ends_before_its_deadline_with_validation_and_nothing_lost(tmp_path, demo_assets):
     from zsearch.search.run import run
-    hours = 30 / 3600
+    hours = 45 / 3600  # room for a slow trial on a loaded machine: the plan keeps ~10 s for validation
     config = small_config(tmp_path, demo_assets, search={"trials": None, "hours": hours,
                                                          "confirm": {"top_k": 2, "rounds": 2, "after": 0.2}},
                           validation={"top_k": 2})

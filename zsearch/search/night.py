@@ -116,15 +116,20 @@ class Plan:
         end = now + SAFETY * units * unit + (self.finish_seconds(unit) if finish else 0.0)
         return end + MARGIN_S <= self.night.deadline
 
+    def validation_need(self) -> Optional[float]:
+        """Seconds validation and the last export are expected to take, margins included."""
+        unit = self.unit_seconds()
+        if unit is None:
+            return None
+        export = max(self.exports) if self.exports else unit
+        return SAFETY * (self.validation_seconds(unit) + export) + MARGIN_S
+
     def validation_fits(self, now: Optional[float] = None) -> bool:
         if self.night is None:
             return True
         now = time.time() if now is None else now
-        unit = self.unit_seconds()
-        if unit is None:
-            return now < self.night.deadline
-        export = max(self.exports) if self.exports else unit
-        return now + SAFETY * (self.validation_seconds(unit) + export) + MARGIN_S <= self.night.deadline
+        need = self.validation_need()
+        return now < self.night.deadline if need is None else now + need <= self.night.deadline
 
     # ------------------------------------------------------------ phases
     def confirm_due(self, now: Optional[float] = None) -> bool:

@@ -92,7 +92,8 @@ def _run(config: Config, session: Session, trials: Optional[int], show_progress:
         if stop.requested:
             tell(f"stopped early: validation skipped (run `zsearch validate {config.source}` to validate now)")
         elif config.validation.top_k > 0 and not plan.validation_fits():
-            tell(f"validation skipped: it would end after the night's deadline (run `zsearch validate {config.source}`)")
+            tell(f"validation skipped: it needs about {plan.validation_need() or 0:.0f} s and the night has "
+                 f"{plan.left():.0f} s left (run `zsearch validate {config.source}`)")
         elif config.validation.top_k > 0:
             say(f"validating the baseline and the top {config.validation.top_k} trials on held-out seeds ...")
             log_validation(validate(config, study, space, engine, scorers, progress=bars))
