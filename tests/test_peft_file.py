@@ -181,3 +181,34 @@ def test_the_search_reads_the_file_as_inspect_and_merge_do(adapter, demo_assets,
     want = 2.0 * _raw_delta(weights, "layers.3.attention.to_q")
     assert torch.equal(deltas[0], deltas[1])
     assert torch.allclose(deltas[0], want.to(deltas[0].dtype), rtol=1e-4, atol=1e-6)
+
+
+def test_a_study_and_its_outputs_know_the_config_that_holds_the_scale(adapter, demo_assets, tmp_path):
+    """The adapter_config.json is part of the LoRA: a study given the folder or the weights file
+    fingerprints it (editing lora_alpha changes what the scores mean), and so does an output's
+    source hash. A LoRA without such a config is its one file, as before."""
+    import hashlib
+    from zsearch.lora.read import lora_files
+    from zsearch.lora.write import file_sha256
+    from zsearch.settings.fingerprint import fingerprint
+    from zsearch.settings.load import load_config
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter[0], folder)
+    weights, settings = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    assert lora_files(folder) == lora_files(weights) == [weights, settings]
+    kohya = next(demo_assets.root.rglob("*.safetensors"))
+    assert lora_files(kohya) == [kohya]
+
+    def identities(source: Path) -> tuple[str, str]:
+        config = load_config(_config(demo_assets, tmp_path, source))
+        return fingerprint(config)["loras"][0]["sha256"], file_sha256(source)
+
+    before = {source: identities(source) for source in (folder, weights)}
+    want = hashlib.sha256(weights.read_bytes() + settings.read_bytes()).hexdigest()
+    assert before[folder][1] == before[weights][1] == want
+    data = json.loads(settings.read_text())
+    data["lora_alpha"] = 16
+    settings.write_text(json.dumps(data))
+    for source in (folder, weights):
+        after = identities(source)
+        assert after[0] != before[source][0] and after[1] != before[source][1], source

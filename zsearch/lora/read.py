@@ -109,6 +109,25 @@ class AdapterConfig:
                         f"beside it; put that file next to it")
 
 
+def lora_files(path: str | os.PathLike) -> list[Path]:
+    """The files a LoRA is read from: its weights, then the adapter_config.json beside them when
+    that holds a PEFT file's scale (as load_lora finds it). What identifies the LoRA by content."""
+    path = Path(path)
+    weights = _weights_file(path) if path.is_dir() else path
+    beside = weights.parent / PEFT_CONFIG
+    if beside.is_file() and (weights.name == PEFT_WEIGHTS or _has_peft_keys(weights)):
+        return [weights, beside]
+    return [weights]
+
+
+def _has_peft_keys(weights: Path) -> bool:
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            return any(key.startswith(PEFT_KEY_PREFIX) for key in f.keys())
+    except Exception:  # noqa: BLE001 - unreadable: load_lora says why, this only names files
+        return False
+
+
 def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], AdapterConfig, str | None]:
     """(tensors, metadata, the PEFT config (empty if none), format name if the layout fixes it).
 

@@ -18,6 +18,7 @@ from zsearch import __version__
 from zsearch.util.atomic import atomic_path, check_can_create
 from zsearch.util.hashing import sha256_of
 from zsearch.errors import UserError
+from zsearch.lora.read import lora_files
 from zsearch.lora.recipe import Recipe, recipe_to_dict
 
 
@@ -152,13 +153,8 @@ def shareable_name(value: str) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a LoRA file; of a PEFT/diffusers folder, of its files that make up the LoRA, in order."""
-    path = Path(path)
-    files = [path]
-    if path.is_dir():
-        files = [path / name for name in ("adapter_model.safetensors", "adapter_config.json",
-                                          "pytorch_lora_weights.safetensors") if (path / name).is_file()]
-    return sha256_of(*files)
+    """sha256 of the files a LoRA is read from (a PEFT file's adapter_config.json too), in order."""
+    return sha256_of(*lora_files(path))
 
 
 def _same_file(a: Path, b: Path) -> bool:

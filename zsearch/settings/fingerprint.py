@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from zsearch.lora.read import lora_files
 from zsearch.util.hashing import sha256_of
 from zsearch.util.images import image_files
 
@@ -61,7 +62,7 @@ def fingerprint(config: "Config", hashes: Optional[FileHashes] = None) -> dict[s
     hashes = hashes or FileHashes()
     return {
         "model": model_identity(config.model, hashes),
-        "loras": [{"sha256": hashes.of(lora.path), "ratio": lora.ratio,
+        "loras": [{"sha256": "+".join(hashes.of(f) for f in lora_files(lora.path)), "ratio": lora.ratio,
                    "search": lora.search.model_dump(mode="json") if lora.search else None}
                   for lora in config.loras],
         "references": sorted(hashes.of(p) for p in image_files(config.references)),
