@@ -212,3 +212,24 @@ def test_a_study_and_its_outputs_know_the_config_that_holds_the_scale(adapter, d
     for source in (folder, weights):
         after = identities(source)
         assert after[0] != before[source][0] and after[1] != before[source][1], source
+
+
+def test_a_search_runs_on_a_peft_folder(adapter, demo_assets, tmp_path):
+    """The folder PEFT's save_pretrained writes is a LoRA path like a file: the run ends with a
+    merged best whose recorded source hash covers the weights and their config."""
+    import hashlib
+    path = _config(demo_assets, tmp_path, adapter[0])
+    data = yaml.safe_load(path.read_text())
+    data.update(seeds=[1], search={"trials": 2, "seed": 0}, noise={"repeats": 0}, validation={"top_k": 0})
+    path.write_text(yaml.safe_dump(data))
+    done = subprocess.run([sys.executable, "-m", "zsearch.cli", "run", str(path), "--no-progress"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    best = next((tmp_path / "results").rglob("best.safetensors"))
+    with safe_open(str(best), "pt") as f:
+        sources = json.loads(f.metadata()["zsearch.sources"])
+    folder = adapter[0]
+    want = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()
+                          + (folder / "adapter_config.json").read_bytes()).hexdigest()
+    assert [s["sha256"] for s in sources] == [want]
