@@ -9,7 +9,9 @@
 #      scoring time, peak GPU memory per way at batch 1 and 4 (memory full, bf16)
 #   2. memory fp8, 3. memory offload: bare and side, the same figures and peaks at batch 1 and 4
 #   4. one whole `zsearch run` of 5 trials on a full-size random model folder (save_pretrained, then load)
-#   5. compiled (regional compile of the repeated blocks): side and bare, then fused and naive;
+#   5. cheaper screening: Spearman of half steps / half size renders with full ones on step 4's
+#      config (random weights: the agreement of a random model, the cost of each fidelity)
+#   6. compiled (regional compile of the repeated blocks): side and bare, then fused and naive;
 #      each way's first trial carries its compile warm-up
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +31,8 @@ if [[ $SMOKE == 1 ]]; then
   PEAKS=(--peak-batches 1,2)
   COMPILE=(--compile --compile-backend aot_eager)  # inductor on a CPU would spend minutes compiling
   RUN=(--smoke --device cpu)
-  LIMITS=(300 300 300 900 300)
+  LIMITS=(300 300 300 900 300 300)
+  FIDELITY_WEIGHTINGS=3
   RUNS=(--trials 1 --warmup 0)  # one timed trial a way: the script is what is tested
   RUNS_ONE=(--trials 1 --warmup 0)
   BUDGET="${BUDGET_SMOKE:-2400}"
@@ -43,7 +46,8 @@ else
   PEAKS=(--peak-batches 1,4)
   COMPILE=(--compile)
   RUN=()
-  LIMITS=(150 80 100 160 200)
+  LIMITS=(150 80 100 160 200 120)
+  FIDELITY_WEIGHTINGS=6
   RUNS=(--trials 2 --warmup 1)
   RUNS_ONE=(--trials 1 --warmup 1)
   LABEL="full size"
@@ -89,9 +93,11 @@ step "2 memory fp8" "${LIMITS[1]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --me
 step "3 memory offload" "${LIMITS[2]}" "${TRIAL[@]}" "${FULL[@]}" "${PEAKS[@]}" --memory offload "${RUNS_ONE[@]}" \
   --ways bare,side --json "$OUT/offload.json"
 step "4 zsearch run, 5 trials" "${LIMITS[3]}" "$PY" bench/fullrun.py --out "$WORK/fullrun" --markdown "$MD" "${RUN[@]}"
-step "5a compiled side, bare" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" "${RUNS_ONE[@]}" \
+step "5 cheaper screening: fidelity agreement" "${LIMITS[5]}" "$PY" bench/fidelity.py --config "$WORK/fullrun/full.yaml" \
+  --weightings "$FIDELITY_WEIGHTINGS" --markdown "$MD"
+step "6a compiled side, bare" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" "${RUNS_ONE[@]}" \
   --ways side,bare --json "$OUT/compiled-a.json"
-step "5b compiled fused, naive" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" "${RUNS_ONE[@]}" \
+step "6b compiled fused, naive" "${LIMITS[4]}" "${TRIAL[@]}" "${FULL[@]}" "${COMPILE[@]}" "${RUNS_ONE[@]}" \
   --ways fused,naive --json "$OUT/compiled-b.json"
 
 echo

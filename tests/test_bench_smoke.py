@@ -60,6 +60,7 @@ def test_gpu_script_smoke(demo_assets, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = (tmp_path / "out" / "gpu-figures.md").read_text()
     steps = re.findall(r"^- (\d\w?) .*: exit (\d+) in", figures, flags=re.M)
-    assert [s for s, _ in steps] == ["1", "2", "3", "4", "5a", "5b"], figures[-3000:]
+    assert [s for s, _ in steps] == ["1", "2", "3", "4", "5", "6a", "6b"], figures[-3000:]
     assert all(code == "0" for _, code in steps), figures[-3000:]
     assert re.search(r"naive s/trial ÷ side s/trial", figures)
+    assert re.search(r"^\| half size \| 0\.\d+ \| -?[\d.]+ \|", figures, flags=re.M)  # step 5's table
