@@ -84,6 +84,26 @@ def test_what_a_worker_does_next(fits, room, due, left, step):
     assert night.decide(fits, room, due, left) is step
 
 
+def test_the_pace_is_read_from_the_newest_trials_this_worker_ran():
+    """The estimate follows the newest units, this worker's own first, and reads a bounded window
+    (a night's study holds thousands of trials)."""
+    now = dt.datetime.now()
+
+    def unit(number: int, seconds: float, worker: str):
+        trial = create_trial(value=0.5, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                             user_attrs={"score": 0.5, records.WORKER: worker})
+        trial.number, trial.datetime_start = number, now
+        trial.datetime_complete = now + dt.timedelta(seconds=seconds)
+        return trial
+
+    old = [unit(k, 100.0, "me") for k in range(night.SCAN)]  # slow, long ago: outside the window
+    newest = [unit(night.SCAN + k, 5.0 + k, "me" if k % 2 else "other") for k in range(2 * night.RECENT)]
+    seconds = night.recent_durations(old + newest, worker="me")
+    assert seconds == [5.0 + k for k in range(2 * night.RECENT) if k % 2][-night.RECENT:]
+    assert night.recent_durations(old + newest, worker="new") == [5.0 + k for k in range(night.RECENT, 2 * night.RECENT)]
+    assert night.recent_durations(old, worker="me") == [100.0] * night.RECENT
+
+
 def test_the_night_keeps_time_for_validation_and_the_last_export(tmp_path, demo_assets):
     config = small_config(tmp_path, demo_assets, search={"trials": None, "hours": 1.0},
                           validation={"top_k": 2}, noise={"repeats": 0})

@@ -30,6 +30,7 @@ from zsearch.study.workers import WORKER_ID
 SAFETY = 1.25  # every estimate is stretched by this much: a late night costs more than an idle minute
 MARGIN_S = 5.0  # and this much is kept for what is not measured: storage waits, closing the run
 RECENT = 10  # the estimate follows the last trials (a sampler's cost grows with the study)
+SCAN = 500  # among this many newest: enough for a worker's own last RECENT beside many others
 
 
 class Step(Enum):
@@ -49,12 +50,12 @@ def open_night(study: optuna.Study, hours: float, now: Optional[float] = None) -
     return night
 
 
-def durations(trials: list, worker: str = WORKER_ID) -> list[float]:
-    """Seconds of the finished units, by number; this worker's own when it has any."""
-    timed = [t for t in trials if t.datetime_start and t.datetime_complete]
+def recent_durations(trials: list, count: int = RECENT, worker: str = WORKER_ID) -> list[float]:
+    """Seconds of the newest `count` finished units, this worker's own when it has any among the
+    newest SCAN (so the cost does not grow with the study: a night holds thousands)."""
+    timed = [t for t in sorted(trials[-SCAN:], key=lambda t: t.number) if t.datetime_start and t.datetime_complete]
     own = [t for t in timed if t.user_attrs.get(records.WORKER, t.user_attrs.get("worker")) == worker]
-    return [(t.datetime_complete - t.datetime_start).total_seconds()
-            for t in sorted(own or timed, key=lambda t: t.number)]
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in (own or timed)[-count:]]
 
 
 def decide(fits: bool, room: bool, confirm_due: bool, confirm_left: bool) -> Step:
@@ -79,11 +80,10 @@ class Plan:
     # ------------------------------------------------------------ measured durations
     def unit_seconds(self) -> Optional[float]:
         """The slowest of the recent full trials and confirmation rounds (None: nothing measured)."""
-        full = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if not records.is_partial(t)]
-        seconds = durations(full)[-RECENT:]
+        newest = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[-SCAN:]
+        seconds = recent_durations([t for t in newest if not records.is_partial(t)])
         if self.claims is not None:
-            seconds += durations(self.claims.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[-RECENT:]
+            seconds += recent_durations(self.claims.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         return max(seconds) if seconds else None
 
     def validation_seconds(self, unit: float) -> float:
