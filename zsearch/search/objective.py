@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import optuna
 from optuna.artifacts import upload_artifact
@@ -25,6 +25,7 @@ class Objective:
                  budget: Optional[int] = None):
         self.config, self.space, self.evaluator, self.store, self.study = config, space, evaluator, store, study
         self.budget = budget  # the study's trial budget, which trials of other workers share
+        self.on_point: Optional[Callable[[], None]] = None  # called once the trial's point is stored (prefetch.py)
 
     def __call__(self, trial: optuna.Trial):
         trial.set_user_attr(records.WORKER, WORKER_ID)  # first: a dead worker's trial is told apart by it
@@ -34,6 +35,8 @@ class Objective:
             trial.set_user_attr(records.FAIL_REASON, reason)
             raise TrialFailed(reason)
         recipe = self.space.suggest(trial)
+        if self.on_point is not None:  # the next point is chosen while this one renders
+            self.on_point()
 
         # Optuna prunes single-objective studies only; and the baseline, screening and start
         # points are measurements the study relies on, so they report but always run to the end.

@@ -21,6 +21,7 @@ from zsearch.search.evaluate import Evaluator, TrialFailed
 from zsearch.search.log import log_trial, log_validation, logging_to
 from zsearch.search.objective import Objective
 from zsearch.search.progress import Progress
+from zsearch.search.prefetch import AskAhead
 from zsearch.search.session import Session
 from zsearch.search.signals import GracefulStop
 from zsearch.study.opening import mark_setup_failed
@@ -156,8 +157,9 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
 
     screened = False
     night = plan.night
+    ahead = _ask_ahead(config, study, objective, total, plan)
     with Progress(total, done, night.deadline if night else None, enabled=show_progress,
-                  start=night.start if night else None) as progress:
+                  start=night.start if night else None) as progress, contextlib.closing(ahead):
         # One trial per call: other workers' running trials count against the budget, and a
         # trial started in a race for the last place gives it up (budget.py), so several
         # workers stop at exactly `total` finished trials.
@@ -176,11 +178,24 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
                     _timed_export(config, study, store, plan)  # the confirmed leader may have changed
                 show("confirm")
                 continue
+            ahead.wait()  # the trial asked ahead is queued: this optimize takes it
             study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=(TrialFailed,),
                            gc_after_trial=False)
     if len(fails) >= MAX_FAILS_IN_A_ROW:
         raise UserError(f"{MAX_FAILS_IN_A_ROW} trials in a row failed (last: {fails[-1]}); "
                         f"fix that, then run the same command to resume")
+
+
+def _ask_ahead(config: Config, study: optuna.Study, objective: Objective, total: Optional[int],
+               plan: night_plan.Plan) -> AskAhead:
+    """The next trial's point chosen while a trial renders (search/prefetch.py); by default on an
+    accelerator only: on a CPU the sampler would take the render's cores. Off, it does nothing."""
+    on = config.search.prefetch
+    if on is None:
+        on = objective.evaluator.engine.device.type != "cpu"
+    ahead = AskAhead(study, make_storage(config) if on else None, total, fits=lambda: plan.fits(units=2))
+    objective.on_point = ahead.start if on else None
+    return ahead
 
 
 def _next_step(plan: night_plan.Plan, confirmer: Optional[Confirmer], room: bool) -> night_plan.Step:

@@ -174,6 +174,7 @@ class SearchSettings(_Strict):
     bands: int = Field(3, ge=1, le=N_LAYERS)
     prune: bool = True
     screen: bool = False  # one-factor-at-a-time sweep first; freeze what stays within the noise
+    prefetch: Optional[bool] = None  # choose the next trial's point while this one renders; default: on a GPU
 
     @property
     def trial_cap(self) -> Optional[int]:

@@ -9,7 +9,8 @@ Per trial (user attributes):
     score       the trial's score: mean over the jobs it ran (the weighted style/prompt sum)
     jobs        per-job scores in the canonical job order (prompt-major, then seed); NaN = not run
     partial     True when pruning stopped it early: its value is an estimate, never a best
-    surplus     True on a failed trial that lost the race for the budget's last place (not run)
+    surplus     True on a failed trial that never ran: it lost the race for the budget's last place,
+                or was asked ahead of time and the run ended first (fail_reason says which)
     per_prompt, style, prompt, identity, terms, seconds, fail_reason, grid_artifact,
     grid_full_artifact (baseline, start points and the top trials: the full-size grid)
 
@@ -60,7 +61,7 @@ IDENTITY = "identity"
 TERMS = "terms"  # {term: mean} of every judge's term (style, prompt, identity, aesthetic, ...)
 SECONDS = "seconds"
 FAIL_REASON = "fail_reason"
-SURPLUS = "surplus"  # a trial that lost the race for the budget's last place to another worker (not run)
+SURPLUS = "surplus"  # a trial that never ran (the budget's last place was taken, or asked ahead in vain)
 GRID = "grid_artifact"
 FULL_GRID = "grid_full_artifact"
 RETRY_OF = "retry_of"
@@ -167,10 +168,15 @@ def fail_reasons(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     retried = {number for t in trials for number in RetryDeadTrial.retry_history(t)}
     reasons: dict[str, int] = {}
     for t in trials:
-        if t.state == TrialState.FAIL:
+        if t.state == TrialState.FAIL and not is_not_run(t):
             reason = str(t.user_attrs.get(FAIL_REASON) or (WORKER_DIED if t.number in retried else NO_REASON))
             reasons[reason] = reasons.get(reason, 0) + 1
     return reasons
+
+
+def is_not_run(trial: FrozenTrial) -> bool:
+    """A failed trial that never ran (SURPLUS): neither a trial of the study nor a failure."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(SURPLUS))
 
 
 def can_be_best(trial: FrozenTrial) -> bool:
@@ -393,9 +399,10 @@ class TrialCounts:
     complete: int  # fully evaluated (the only trials that can be a best)
     partial: int  # stopped early by the pruner, stored COMPLETE with a stand-in score
     pruned: int  # stopped early and stored PRUNED (older studies)
-    failed: int
+    failed: int  # failed while running; the trials that never ran are `not_run`
     running: int = 0
     waiting: int = 0
+    not_run: int = 0  # given up before they ran (records.SURPLUS)
     screening: int = 0  # of the complete ones
 
     @property
@@ -414,7 +421,8 @@ def count_trials(trials: Iterable[FrozenTrial]) -> TrialCounts:
     return TrialCounts(
         complete=len(complete) - partial, partial=partial,
         pruned=sum(t.state == TrialState.PRUNED for t in trials),
-        failed=sum(t.state == TrialState.FAIL for t in trials),
+        failed=sum(t.state == TrialState.FAIL and not is_not_run(t) for t in trials),
+        not_run=sum(is_not_run(t) for t in trials),
         running=sum(t.state == TrialState.RUNNING for t in trials),
         waiting=sum(t.state == TrialState.WAITING for t in trials),
         screening=sum(is_screening(t) and not is_partial(t) for t in complete))
@@ -425,6 +433,8 @@ def count_words(counts: TrialCounts) -> str:
     text = f"{counts.complete} complete, {counts.stopped_early} stopped early, {counts.failed} failed"
     if counts.running or counts.waiting:
         text += f", {counts.running} running, {counts.waiting} waiting"
+    if counts.not_run:
+        text += f" ({counts.not_run} not run)"
     return text
 
 
