@@ -25,6 +25,7 @@ KEY_LINES = {  # the line each script exists to print
     "sampler_scale.py": r"^\| \w+ \| \d+ \| \d+ \| [\d.]+ \|",
     "night.py": r"nights ended before the deadline: True",
     "fidelity.py": r"^\| half steps \| 0\.50 \| -?[\d.]+ \|",
+    "prefetch.py": r"median gap, off / on: [\d.]+x",
 }
 
 

@@ -3,6 +3,8 @@ and never left behind or counted as a trial when the run ends before it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -31,7 +33,7 @@ def loaded(path):
 def _study(tmp_path, n_params: int = 4, filled: int = 12):
     """A study on SQLite with the default sampler (a GP once 10 trials are complete), filled."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'ahead.db'}")
-    config = type("C", (), {"search": type("S", (), {"sampler": "auto"})()})()
+    config = SimpleNamespace(search=SimpleNamespace(sampler="auto"))
     study = optuna.create_study(study_name="ahead", storage=storage, direction="maximize",
                                 sampler=DistinctPoints(make_sampler(config, 0, n_params), storage, seed=0))
     names = [f"p{i}" for i in range(n_params)]
@@ -157,3 +159,23 @@ def test_a_stopped_run_gives_its_queued_trial_back_and_a_resume_takes_a_dead_wor
     assert trials[3].state == TrialState.COMPLETE and trials[3].params == pytest.approx(left.system_attrs[prefetch.FIXED])
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_two_workers_with_prefetch_stop_at_exactly_the_budget(tmp_path, demo_assets):
+    """Each worker queues its next trial while it renders; either may run the other's. The study
+    ends with exactly its budget finished, every point once, nothing queued or running left, and
+    any trial queued in vain failed as not run."""
+    from search_helpers import start
+    config = demo_config(tmp_path, demo_assets, search={"trials": 6, "sampler": "cmaes", "prefetch": True})
+    workers = [start("run", config, "--no-progress") for _ in range(2)]
+    for proc in workers:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 't' / 'study.db'}")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 6
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get(records.SURPLUS) for t in failed)  # given back or surplus: never run
+    assert records.count_trials(study.trials).failed == 0

@@ -1,0 +1,135 @@
+"""The GPU's idle time between two trials' renders in a large study, with and without prefetch.
+
+On configs/demo.yaml's search space, pipeline and judges, a fresh study is filled with --n
+completed trials (uniform points of the space, a smooth synthetic score below any real one),
+then `zsearch run` runs --trials more with the default sampler (the bounded GP), once with
+`search.prefetch: false` (each point is chosen after the previous trial ends) and once with
+`search.prefetch: true` (chosen while the previous trial renders, search/prefetch.py). Each
+trial's evaluation (set the weights, render, score: the work on the GPU) is timed from its start
+to its end; the gap between one evaluation's end and the next one's start is the idle time: the
+sampler's wait, the trial's records, the grid upload, tell, the callbacks (best.* exported when a
+trial is a new best, in both modes alike). Printed per mode: median / mean / max gap, the median
+evaluation, and the ratio of the median gaps. The modes alternate (--rounds), each on its own study.
+
+    python bench/prefetch.py [--n 2000] [--trials 8] [--rounds 2] [--threads 1]
+    python bench/prefetch.py --smoke          # n 30, 3 trials, one round (tests the script)
+
+On a CPU the sampler's thread and the render share the cores, so the render slows a little with
+prefetch (shown in the evaluation column); on a GPU the render does not use them.
+With ZSEARCH_BENCH_DEMO set, the demo assets there are used instead of building them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from zsearch.demo.build import build_demo  # noqa: E402
+from zsearch.search import run as run_module  # noqa: E402
+from zsearch.search import session  # noqa: E402
+from zsearch.search.evaluate import Evaluator  # noqa: E402
+from zsearch.settings.load import load_config  # noqa: E402
+
+
+def bench_config(folder: Path, assets_dir: Path, n: int, trials: int, prefetch: bool):
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
+    data = yaml.safe_load(text)
+    data.update(output=str(folder / "out"), validation={"top_k": 0}, noise={"repeats": 0})
+    # no pruning: every trial renders all its jobs, so the evaluations are alike
+    data["search"].update(trials=n + 1 + trials, prune=False, prefetch=prefetch)  # + 1: the baseline
+    path = folder / "bench.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    session.prepare(config)
+    return config
+
+
+def fill(config, n: int, seed: int = 0) -> None:
+    """n completed trials at uniform points, scored below any real trial (a smooth bowl)."""
+    opened = session.Session(config)
+    study, space = opened.study, opened.space  # opened as `zsearch run` opens it (baseline queued first)
+    rng = np.random.default_rng(seed)
+    dists = {p.name: optuna.distributions.FloatDistribution(p.low, p.high) for p in space.params}
+    trials = []
+    for _ in range(n):
+        u = rng.random(len(space.params))
+        params = {p.name: p.low + x * (p.high - p.low) for p, x in zip(space.params, u)}
+        trials.append(optuna.trial.create_trial(params=params, distributions=dists,
+                                                value=-1.0 + 0.5 * (1 - float(np.mean((u - 0.3) ** 2)))))
+    study.add_trials(trials)
+
+
+def timed_run(config) -> list[tuple[float, float]]:
+    """Run the config; (start, end) of every evaluation, in order."""
+    spans, evaluate = [], Evaluator.evaluate
+
+    def timed(self, *args, **kwargs):
+        begun = time.perf_counter()
+        try:
+            return evaluate(self, *args, **kwargs)
+        finally:
+            spans.append((begun, time.perf_counter()))
+
+    Evaluator.evaluate = timed
+    try:
+        run_module.run(config, show_progress=False)
+    finally:
+        Evaluator.evaluate = evaluate
+    return spans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="completed trials in the study before timing")
+    parser.add_argument("--trials", type=int, default=8, help="trials run per mode and round")
+    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs, alternating")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.n, args.trials, args.rounds = 30, 3, 1
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    gaps: dict[bool, list[float]] = {False: [], True: []}
+    evals: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "assets"))
+        for r in range(args.rounds):
+            for prefetch in (False, True):
+                config = bench_config(Path(tmp) / f"r{r}-{prefetch}", assets.root, args.n, args.trials, prefetch)
+                begun = time.perf_counter()
+                fill(config, args.n, seed=r)
+                filled = time.perf_counter() - begun
+                spans = timed_run(config)
+                gap = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+                gaps[prefetch] += gap
+                evals[prefetch] += [end - start for start, end in spans]
+                print(f"round {r}, prefetch {'on ' if prefetch else 'off'}: {len(spans)} trials after {args.n} "
+                      f"(filled in {filled:.0f} s); gaps {' '.join(f'{g:.3f}' for g in gap)} s", flush=True)
+    print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"n = {args.n}, {args.trials} trials x {args.rounds} rounds per mode" if hasattr(os, "getloadavg") else "")
+    print("| prefetch | gaps | median gap s | mean | max | median evaluation s |")
+    print("|---|---|---|---|---|---|")
+    for prefetch in (False, True):
+        g = gaps[prefetch]
+        print(f"| {'on' if prefetch else 'off'} | {len(g)} | {statistics.median(g):.3f} | {statistics.fmean(g):.3f} "
+              f"| {max(g):.3f} | {statistics.median(evals[prefetch]):.3f} |")
+    print(f"median gap, off / on: {statistics.median(gaps[False]) / max(1e-9, statistics.median(gaps[True])):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
