@@ -9,13 +9,16 @@ trial's evaluation (set the weights, render, score: the work on the GPU) is time
 to its end; the gap between one evaluation's end and the next one's start is the idle time: the
 sampler's wait, the trial's records, the grid upload, tell, the callbacks (best.* exported when a
 trial is a new best, in both modes alike). Printed per mode: median / mean / max gap, the median
-evaluation, and the ratio of the median gaps. The modes alternate (--rounds), each on its own study.
+evaluation, the part of each gap the loop waited for the point (the sampler choosing it in the
+loop, or the loop waiting for the thread that chose it ahead) and the ratio of the median gaps.
+The modes alternate (--rounds), each on its own study.
 
     python bench/prefetch.py [--n 2000] [--trials 8] [--rounds 2] [--threads 1]
     python bench/prefetch.py --smoke          # n 30, 3 trials, one round (tests the script)
 
-On a CPU the sampler's thread and the render share the cores, so the render slows a little with
-prefetch (shown in the evaluation column); on a GPU the render does not use them.
+On a CPU the sampler's thread and the render share the cores (and the interpreter's lock), so the
+render slows with prefetch (the evaluation column) and a trial, start to start, may take longer:
+that is why `search.prefetch` defaults to off on a CPU. On a GPU the render runs on the device.
 With ZSEARCH_BENCH_DEMO set, the demo assets there are used instead of building them.
 """
 
@@ -26,6 +29,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +45,9 @@ from zsearch.demo.build import build_demo  # noqa: E402
 from zsearch.search import run as run_module  # noqa: E402
 from zsearch.search import session  # noqa: E402
 from zsearch.search.evaluate import Evaluator  # noqa: E402
+from zsearch.search.prefetch import AskAhead  # noqa: E402
 from zsearch.settings.load import load_config  # noqa: E402
+from zsearch.study.distinct import DistinctPoints  # noqa: E402
 
 
 def bench_config(folder: Path, assets_dir: Path, n: int, trials: int, prefetch: bool):
@@ -73,23 +79,44 @@ def fill(config, n: int, seed: int = 0) -> None:
     study.add_trials(trials)
 
 
-def timed_run(config) -> list[tuple[float, float]]:
-    """Run the config; (start, end) of every evaluation, in order."""
-    spans, evaluate = [], Evaluator.evaluate
+def _timed(owner, name: str, into: list, main_only: bool = False):
+    """Wrap owner.name so that each call appends (start, end) to `into`; returns the original."""
+    original = getattr(owner, name)
 
-    def timed(self, *args, **kwargs):
+    def timed(*args, **kwargs):
         begun = time.perf_counter()
         try:
-            return evaluate(self, *args, **kwargs)
+            return original(*args, **kwargs)
         finally:
-            spans.append((begun, time.perf_counter()))
+            if not main_only or threading.current_thread() is threading.main_thread():
+                into.append((begun, time.perf_counter()))
 
-    Evaluator.evaluate = timed
+    setattr(owner, name, timed)
+    return original
+
+
+def timed_run(config) -> tuple[list, list]:
+    """Run the config; (start, end) of every evaluation, and of every wait for a point in the loop
+    (the sampler choosing it there, or the loop waiting for the thread that chose it ahead)."""
+    spans, waits = [], []
+    originals = [(Evaluator, "evaluate", _timed(Evaluator, "evaluate", spans)),
+                 (DistinctPoints, "sample_relative", _timed(DistinctPoints, "sample_relative", waits, True)),
+                 (AskAhead, "wait", _timed(AskAhead, "wait", waits))]
     try:
         run_module.run(config, show_progress=False)
     finally:
-        Evaluator.evaluate = evaluate
-    return spans
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    return spans, waits
+
+
+def split(spans: list, waits: list) -> tuple[list[float], list[float]]:
+    """Each gap between two evaluations, and the part of it spent waiting for the point."""
+    gaps, waited = [], []
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        gaps.append(start - end)
+        waited.append(sum(b - a for a, b in waits if end <= a < start))
+    return gaps, waited
 
 
 def main() -> None:
@@ -106,6 +133,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     gaps: dict[bool, list[float]] = {False: [], True: []}
     evals: dict[bool, list[float]] = {False: [], True: []}
+    cycles: dict[bool, list[float]] = {False: [], True: []}  # start to start: what a trial costs the night
+    sampler: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as tmp:
         assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "assets"))
         for r in range(args.rounds):
@@ -114,20 +143,25 @@ def main() -> None:
                 begun = time.perf_counter()
                 fill(config, args.n, seed=r)
                 filled = time.perf_counter() - begun
-                spans = timed_run(config)
-                gap = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+                spans, waits = timed_run(config)
+                gap, wait = split(spans, waits)
                 gaps[prefetch] += gap
+                sampler[prefetch] += wait
                 evals[prefetch] += [end - start for start, end in spans]
+                cycles[prefetch] += [b[0] - a[0] for a, b in zip(spans, spans[1:])]
                 print(f"round {r}, prefetch {'on ' if prefetch else 'off'}: {len(spans)} trials after {args.n} "
-                      f"(filled in {filled:.0f} s); gaps {' '.join(f'{g:.3f}' for g in gap)} s", flush=True)
+                      f"(filled in {filled:.0f} s); gaps {' '.join(f'{g:.3f}' for g in gap)} s, of which "
+                      f"waiting for the point {' '.join(f'{w:.3f}' for w in wait)} s", flush=True)
     print(f"\n{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
           f"n = {args.n}, {args.trials} trials x {args.rounds} rounds per mode" if hasattr(os, "getloadavg") else "")
-    print("| prefetch | gaps | median gap s | mean | max | median evaluation s |")
-    print("|---|---|---|---|---|---|")
+    print("| prefetch | gaps | median gap s | mean | max | of which waiting for the point: median | max "
+          "| median evaluation s | median trial, start to start s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for prefetch in (False, True):
-        g = gaps[prefetch]
+        g, w = gaps[prefetch], sampler[prefetch]
         print(f"| {'on' if prefetch else 'off'} | {len(g)} | {statistics.median(g):.3f} | {statistics.fmean(g):.3f} "
-              f"| {max(g):.3f} | {statistics.median(evals[prefetch]):.3f} |")
+              f"| {max(g):.3f} | {statistics.median(w):.3f} | {max(w):.3f} | {statistics.median(evals[prefetch]):.3f} "
+              f"| {statistics.median(cycles[prefetch]):.3f} |")
     print(f"median gap, off / on: {statistics.median(gaps[False]) / max(1e-9, statistics.median(gaps[True])):.1f}x")
 
 

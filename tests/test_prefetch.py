@@ -87,18 +87,23 @@ def test_nothing_is_asked_ahead_past_the_budget_or_behind_a_queued_trial(tmp_pat
     study, storage, names = _study(tmp_path)
     running = study.ask()
     running.suggest_float("p0", 0.0, 1.0)
+    late = AskAhead(study, storage, fits=lambda: False)  # the night has no time for another
     full = AskAhead(study, storage, total=13)  # 12 finished + the running one
-    full.start()
-    full.wait()
+    for ahead in (late, full):
+        ahead.start()
+        ahead.wait()
+    assert len(study.get_trials()) == 13
     study.enqueue_trial({p: 0.5 for p in names})  # e.g. a retry: it runs next anyway
     queued = AskAhead(study, storage, total=20)
     queued.start()
     queued.wait()
-    late = AskAhead(study, storage, fits=lambda: False)  # the night has no time for another
-    late.start()
-    late.wait()
     assert sum(t.state == TrialState.WAITING for t in study.get_trials()) == 1
     assert len(study.get_trials()) == 14
+    roomy = AskAhead(study, storage, total=20)  # the same room, the queue empty: one is queued
+    study.tell(study.ask(), 0.0)  # the enqueued trial runs
+    roomy.start()
+    roomy.wait()
+    assert [t.state for t in study.get_trials()[13:]] == [TrialState.COMPLETE, TrialState.WAITING]
 
 
 class StopAfter(GracefulStop):
