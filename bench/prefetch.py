@@ -15,6 +15,7 @@ The modes alternate (--rounds), each on its own study.
 
     python bench/prefetch.py [--n 2000] [--trials 8] [--rounds 2] [--threads 1]
     python bench/prefetch.py --smoke          # n 30, 3 trials, one round (tests the script)
+    python bench/prefetch.py --config configs/style.yaml --n 2000 --trials 6 --rounds 1   # on a GPU
 
 On a CPU the sampler's thread and the render share the cores (and the interpreter's lock), so the
 render slows with prefetch (the evaluation column) and a trial, start to start, may take longer:
@@ -60,6 +61,19 @@ def bench_config(folder: Path, assets_dir: Path, n: int, trials: int, prefetch: 
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     config = load_config(path)
+    session.prepare(config)
+    return config
+
+
+def own_config(path: Path, folder: Path, n: int, trials: int, prefetch: bool):
+    """A user's config (a full-size model on a GPU), run into `folder` with the same settings."""
+    config = load_config(path)
+    search = config.search.model_copy(update={"trials": n + 1 + trials, "hours": None, "prune": False,
+                                              "prefetch": prefetch})
+    config = config.model_copy(update={
+        "output": folder / "out", "storage": None, "search": search, "start": [],
+        "validation": config.validation.model_copy(update={"top_k": 0}),
+        "noise": config.noise.model_copy(update={"repeats": 0})})
     session.prepare(config)
     return config
 
@@ -125,6 +139,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="trials run per mode and round")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs, alternating")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--config", type=Path, help="a zsearch config to measure (default: the demo's)")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -136,10 +151,13 @@ def main() -> None:
     cycles: dict[bool, list[float]] = {False: [], True: []}  # start to start: what a trial costs the night
     sampler: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as tmp:
-        assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "assets"))
+        if args.config is None:
+            assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "assets"))
         for r in range(args.rounds):
             for prefetch in (False, True):
-                config = bench_config(Path(tmp) / f"r{r}-{prefetch}", assets.root, args.n, args.trials, prefetch)
+                folder = Path(tmp) / f"r{r}-{prefetch}"
+                config = (bench_config(folder, assets.root, args.n, args.trials, prefetch) if args.config is None
+                          else own_config(args.config, folder, args.n, args.trials, prefetch))
                 begun = time.perf_counter()
                 fill(config, args.n, seed=r)
                 filled = time.perf_counter() - begun
