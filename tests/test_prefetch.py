@@ -184,3 +184,23 @@ def test_two_workers_with_prefetch_stop_at_exactly_the_budget(tmp_path, demo_ass
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs.get(records.SURPLUS) for t in failed)  # given back or surplus: never run
     assert records.count_trials(study.trials).failed == 0
+
+
+def test_a_night_with_prefetch_ends_in_time_and_gives_back_what_it_queued(tmp_path, demo_assets):
+    """The night's end, not a cap, stops the loop: the trial queued for after it is given back."""
+    import time
+    hours = 35 / 3600
+    config = loaded(demo_config(tmp_path, demo_assets, search={"trials": None, "hours": hours, "sampler": "cmaes",
+                                                               "prefetch": True, "confirm": {"top_k": 0}}))
+    began = time.time()
+    run_module.run(config, show_progress=False)
+    ended = time.time()
+    study = optuna.load_study(study_name="t", storage=config.storage_url)
+    assert ended <= records.read_night(study).deadline
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 2 and began <= min(t.datetime_start.timestamp() for t in trials)
+    assert [t.number for t in sorted(complete, key=lambda t: t.datetime_start)] == sorted(t.number for t in complete)
+    given_back = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert len(given_back) <= 1 and all(t.state == TrialState.FAIL for t in given_back)
+    assert all(t.user_attrs[records.FAIL_REASON] == prefetch.NOT_RUN for t in given_back)
