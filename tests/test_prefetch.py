@@ -161,7 +161,8 @@ def test_a_stopped_run_gives_its_queued_trial_back_and_a_resume_takes_a_dead_wor
     monkeypatch.setattr(run_module, "GracefulStop", GracefulStop)
     run_module.run(config, show_progress=False)
     trials = study_of().get_trials()
-    assert trials[3].state == TrialState.COMPLETE and trials[3].params == pytest.approx(left.system_attrs[prefetch.FIXED])
+    assert trials[3].state == TrialState.COMPLETE
+    assert trials[3].params == pytest.approx(left.system_attrs[prefetch.FIXED])
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 

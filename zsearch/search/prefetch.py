@@ -31,7 +31,6 @@ from zsearch.study.workers import WORKER_ID
 
 log = logging.getLogger("zsearch")
 
-ASKED_AHEAD = "asked_ahead"  # user attribute: the worker that queued the trial ahead of time
 FIXED = "fixed_params"  # Optuna's system attribute of a queued trial: the values its suggests return
 NOT_RUN = "not run: asked ahead of time, and the run ended before it (cap reached, night over or stopped)"
 
@@ -80,9 +79,9 @@ class AskAhead:
     def _worth_it(self) -> bool:
         trials = self.study.get_trials(deepcopy=False)
         waiting = [t for t in trials if t.state == TrialState.WAITING]
-        if any(t.user_attrs.get(ASKED_AHEAD) == WORKER_ID for t in waiting):
+        if any(t.user_attrs.get(records.ASKED_AHEAD) == WORKER_ID for t in waiting):
             return False  # one ahead is enough
-        if any(ASKED_AHEAD not in t.user_attrs for t in waiting):
+        if any(records.ASKED_AHEAD not in t.user_attrs for t in waiting):
             return False  # a queued baseline, start point or retry runs next anyway
         if self.total is not None:
             taken = sum(t.state in (*FINISHED, TrialState.RUNNING, TrialState.WAITING) for t in trials)
@@ -93,12 +92,14 @@ class AskAhead:
     def _queue_next(self) -> None:
         try:
             study_id = self.storage.get_study_id_from_name(self.study.study_name)
-            template = optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={ASKED_AHEAD: WORKER_ID})
+            template = optuna.trial.create_trial(state=TrialState.WAITING,
+                                                 user_attrs={records.ASKED_AHEAD: WORKER_ID})
             trial_id = self.storage.create_new_trial(study_id, template_trial=template)
             self.queued = trial_id
             frozen = self.storage.get_trial(trial_id)
             sampler = self.study.sampler
-            params = sampler.sample_relative(self.study, frozen, sampler.infer_relative_search_space(self.study, frozen))
+            space = sampler.infer_relative_search_space(self.study, frozen)
+            params = sampler.sample_relative(self.study, frozen, space)
             # a worker that took the trial meanwhile chose its own point; leave that trial alone
             if params and self.storage.get_trial(trial_id).state == TrialState.WAITING:
                 self.storage.set_trial_system_attr(trial_id, FIXED, params)

@@ -11,6 +11,7 @@ Per trial (user attributes):
     partial     True when pruning stopped it early: its value is an estimate, never a best
     surplus     True on a failed trial that never ran: it lost the race for the budget's last place,
                 or was asked ahead of time and the run ended first (fail_reason says which)
+    asked_ahead the worker that queued the trial, its point chosen while its previous trial rendered
     per_prompt, style, prompt, identity, terms, seconds, fail_reason, grid_artifact,
     grid_full_artifact (baseline, start points and the top trials: the full-size grid)
 
@@ -61,6 +62,7 @@ IDENTITY = "identity"
 TERMS = "terms"  # {term: mean} of every judge's term (style, prompt, identity, aesthetic, ...)
 SECONDS = "seconds"
 FAIL_REASON = "fail_reason"
+ASKED_AHEAD = "asked_ahead"  # the worker that queued the trial while its previous one rendered (prefetch.py)
 SURPLUS = "surplus"  # a trial that never ran (the budget's last place was taken, or asked ahead in vain)
 GRID = "grid_artifact"
 FULL_GRID = "grid_full_artifact"
