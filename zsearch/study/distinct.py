@@ -6,6 +6,12 @@ seeds: its last local search starts from the best trial and is deterministic. So
 publishes its point first, then reads every other trial's. Of two trials that chose alike at
 least one sees the other (each wrote before it read), and whoever sees a clash asks again, now
 with the other point pending in the model; after a few tries the point is drawn at random.
+
+The read costs little at any study size. Running and queued trials come from the database itself
+(a query filtered by state), read first, so a trial that finishes meanwhile is seen running or
+finished. Finished trials come from the study's own trial list, which Optuna keeps in the process
+(it rereads only unfinished and new trials), and a finished trial never changes: each worker
+computes its points once and keeps them. Nothing is shared between workers but the storage.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from typing import Any, Optional
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 POINT = "zsearch:point"  # system attribute: a hash of the point a trial was given, before its params exist
 TRIES = 3  # asks of the wrapped sampler before a random point
+UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def point_key(params: dict[str, Any], names) -> Optional[str]:
@@ -30,19 +38,30 @@ def point_key(params: dict[str, Any], names) -> Optional[str]:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _taken_keys(storage, study_id: int, trial: FrozenTrial, names) -> set[str]:
-    """The points of every other trial: finished, running (published or suggested) or queued."""
+def trial_keys(trial: FrozenTrial, names) -> set[str]:
+    """The points a trial holds: the one it published, and the one its (fixed) params give."""
     keys = set()
-    for other in storage.get_all_trials(study_id, deepcopy=False):
-        if other.number == trial.number:
-            continue
-        if POINT in other.system_attrs:
-            keys.add(other.system_attrs[POINT])
-        known = {**(other.system_attrs.get("fixed_params") or {}), **other.params}
-        key = point_key(known, names)
-        if key is not None:
-            keys.add(key)
+    if POINT in trial.system_attrs:
+        keys.add(trial.system_attrs[POINT])
+    key = point_key({**(trial.system_attrs.get("fixed_params") or {}), **trial.params}, names)
+    if key is not None:
+        keys.add(key)
     return keys
+
+
+class FinishedPoints:
+    """The points of the finished trials seen so far, for one search space (its names)."""
+
+    def __init__(self, names):
+        self.names = list(names)
+        self.numbers: set[int] = set()
+        self.keys: set[str] = set()
+
+    def add(self, trials: list[FrozenTrial]) -> None:
+        for trial in trials:
+            if trial.number not in self.numbers:  # finished trials never change: once each
+                self.numbers.add(trial.number)
+                self.keys |= trial_keys(trial, self.names)
 
 
 class DistinctPoints(optuna.samplers.BaseSampler):
@@ -53,6 +72,7 @@ class DistinctPoints(optuna.samplers.BaseSampler):
         self.inner = inner
         self.storage = storage  # the study's own storage (or another object on the same database)
         self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._finished = FinishedPoints([])  # this worker's own memory of the finished trials
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return self.inner.infer_relative_search_space(study, trial)
@@ -74,7 +94,19 @@ class DistinctPoints(optuna.samplers.BaseSampler):
         study_id = self.storage.get_study_id_from_name(study.study_name)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         self.storage.set_trial_system_attr(trial_id, POINT, key)
-        return key not in _taken_keys(self.storage, study_id, trial, names)
+        return not self.taken(study, study_id, trial.number, key, names)
+
+    def taken(self, study, study_id: int, number: int, key: str, names) -> bool:
+        """Whether a trial other than `number` holds the point `key`: running, queued or finished."""
+        # first the unfinished, from the database: a trial that finishes after this read is
+        # among the finished read next, so none slips between the two
+        for other in self.storage.get_all_trials(study_id, deepcopy=False, states=UNFINISHED):
+            if other.number != number and key in trial_keys(other, names):
+                return True
+        if self._finished.names != list(names):  # another search space: other keys
+            self._finished = FinishedPoints(names)
+        self._finished.add(study.get_trials(deepcopy=False, states=FINISHED))
+        return key in self._finished.keys
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
