@@ -23,11 +23,11 @@ SPACE = {f"p{i}": FloatDistribution(0.0, 1.5) for i in range(4)}
 SEEDS = (11, 22)
 
 
-def _shared_study(url: str, data_seed: int) -> None:
-    """Twelve finished trials of a smooth objective: what both workers see when they ask."""
+def _shared_study(url: str, data_seed: int, trials: int = 12) -> None:
+    """Finished trials of a smooth objective: what both workers see when they ask."""
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     rng = np.random.default_rng(data_seed)
-    for _ in range(12):
+    for _ in range(trials):
         x = rng.uniform(0.0, 1.5, len(SPACE))
         study.add_trial(create_trial(params=dict(zip(SPACE, x)), distributions=SPACE,
                                      value=float(-((x - 0.9) ** 2).sum())))
@@ -116,3 +116,82 @@ def test_a_point_equal_to_a_finished_trial_is_asked_again(tmp_path):
     point = {name: trial.suggest_float(name, d.low, d.high) for name, d in SPACE.items()}
     assert Insisting.asked == 3 and point != measured
     assert all(0.0 <= v <= 1.5 for v in point.values())
+
+
+class _Proposing(optuna.samplers.RandomSampler):
+    """A model that proposes `target` over `space` when one is set, else a random point."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self.target, self.space, self.asked = None, dict(SPACE), 0
+
+    def infer_relative_search_space(self, study, trial):
+        return dict(self.space)
+
+    def sample_relative(self, study, trial, search_space):
+        self.asked += 1
+        if self.target is not None:
+            return dict(self.target)
+        return {name: self.sample_independent(study, trial, name, d) for name, d in search_space.items()}
+
+
+def _worker(url: str, seed: int) -> tuple[optuna.Study, _Proposing]:
+    model = _Proposing(seed)
+    storage = optuna.storages.RDBStorage(url)  # each worker its own storage object, as in a process of its own
+    return optuna.load_study(study_name="s", storage=storage, sampler=DistinctPoints(model, storage, seed=seed)), model
+
+
+def _ask(study: optuna.Study, model: _Proposing, target=None, space=SPACE):
+    """One trial asked with `target` proposed: its point, and how often the model was asked."""
+    model.target, model.space, model.asked = target, dict(space), 0
+    trial = study.ask()
+    point = {name: trial.suggest_float(name, d.low, d.high) for name, d in space.items()}
+    return trial, point, model.asked
+
+
+@pytest.mark.parametrize("finished", [10, 40])
+def test_an_ask_computes_the_points_of_new_trials_only(tmp_path, monkeypatch, finished):
+    """The finished trials' points are computed once per worker, not on every ask."""
+    import zsearch.study.distinct as distinct
+    computed = []
+    real = distinct.point_key
+    monkeypatch.setattr(distinct, "point_key", lambda params, names: computed.append(1) or real(params, names))
+    url = f"sqlite:///{tmp_path / 'count.db'}"
+    _shared_study(url, 20, trials=finished)
+    study, model = _worker(url, 1)
+    trial, point, _ = _ask(study, model)
+    assert len(computed) == 1 + finished  # the new point, then every finished trial's
+    study.tell(trial, 0.0)
+    computed.clear()
+    trial, _, asked = _ask(study, model)
+    assert asked == 1 and len(computed) == 2  # the new point and the one trial finished since
+
+
+def test_a_worker_with_known_trials_still_sees_every_clash(tmp_path):
+    url = f"sqlite:///{tmp_path / 'clash.db'}"
+    _shared_study(url, 30)
+    a, model_a = _worker(url, 1)
+    b, model_b = _worker(url, 2)
+    mine, _, _ = _ask(a, model_a)  # worker a has read and kept the finished trials
+    a.tell(mine, 0.0)
+
+    def refused(target, space=SPACE) -> bool:
+        trial, point, asked = _ask(a, model_a, target, space)
+        a.tell(trial, 0.0)
+        return asked == 3 and point != target
+
+    running, running_point, _ = _ask(b, model_b)  # another worker's trial, still running
+    assert refused(running_point)
+    b.tell(running, 0.0)
+    assert refused(running_point)  # now finished
+    quick, quick_point, _ = _ask(b, model_b)  # finished before worker a looks again
+    b.tell(quick, 0.0)
+    assert refused(quick_point)
+    old = optuna.load_study(study_name="s", storage=url).trials[3].params
+    assert refused(old)
+    smaller = dict(list(SPACE.items())[:3])  # a parameter frozen: the points are read on three names
+    assert refused({name: old[name] for name in smaller}, smaller)
+    fresh = {name: 0.123 for name in SPACE}
+    assert not refused(fresh)
+    trial, point, asked = _ask(a, model_a, fresh)
+    assert asked == 3 and point != fresh  # the point just kept is taken as well
