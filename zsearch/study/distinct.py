@@ -60,8 +60,9 @@ class FinishedPoints:
     def add(self, trials: list[FrozenTrial]) -> None:
         for trial in trials:
             if trial.number not in self.numbers:  # finished trials never change: once each
-                self.numbers.add(trial.number)
+                # keys before number: a thread asking at the same time that sees the number sees its keys
                 self.keys |= trial_keys(trial, self.names)
+                self.numbers.add(trial.number)
 
 
 class DistinctPoints(optuna.samplers.BaseSampler):
@@ -103,10 +104,11 @@ class DistinctPoints(optuna.samplers.BaseSampler):
         for other in self.storage.get_all_trials(study_id, deepcopy=False, states=UNFINISHED):
             if other.number != number and key in trial_keys(other, names):
                 return True
-        if self._finished.names != list(names):  # another search space: other keys
-            self._finished = FinishedPoints(names)
-        self._finished.add(study.get_trials(deepcopy=False, states=FINISHED))
-        return key in self._finished.keys
+        finished = self._finished  # one object throughout, whatever another thread replaces
+        if finished.names != list(names):  # another search space: other keys
+            finished = self._finished = FinishedPoints(names)
+        finished.add(study.get_trials(deepcopy=False, states=FINISHED))
+        return key in finished.keys
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
         return self.inner.sample_independent(study, trial, param_name, param_distribution)
