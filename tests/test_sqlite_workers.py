@@ -54,3 +54,22 @@ def test_a_queued_trial_goes_to_one_worker_only(tmp_path):
         thread.join(120)
     assert sorted(numbers.values()) == [0, 1], numbers  # one ran the queued trial, the other a new one
     assert numbers["a"] == 0  # the queued trial is A's: it read first
+
+
+def test_commits_go_to_a_write_ahead_log_that_other_workers_read(tmp_path):
+    """A trial commits ~20 times: with the write-ahead log a commit does not wait for the disk
+    (synchronous NORMAL), and another worker still reads it at once."""
+    import sqlite3
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage_a, storage_b = (make_storage(SimpleNamespace(storage_url=url)) for _ in range(2))
+    with storage_a.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    study_a = optuna.create_study(study_name="s", storage=storage_a)
+    study_b = optuna.load_study(study_name="s", storage=storage_b)
+    study_a.add_trial(optuna.trial.create_trial(value=0.5, params={"x": 0.5},
+                                                distributions={"x": optuna.distributions.FloatDistribution(0, 1)}))
+    assert [t.value for t in study_b.get_trials()] == [0.5]
+    plain = sqlite3.connect(tmp_path / "study.db")  # any SQLite reader (a dashboard, a copy tool) too
+    assert plain.execute("select count(*) from trials").fetchone() == (1,)
+    plain.close()
