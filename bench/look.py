@@ -88,22 +88,22 @@ class WeightDistance:
 class LookEngine:
     """The Engine interface the Evaluator uses (prompts, device, set_recipe, render)."""
 
-    def __init__(self, loras, prompts: list[str], seed: int = 0):
+    def __init__(self, loras, prompts: list[str], seed: int = 0, dims: int = LOOK):
         g = torch.Generator().manual_seed(seed)
-        self.loras, self.prompts, self.device = loras, list(prompts), torch.device("cpu")
+        self.loras, self.prompts, self.device, self.dims = loras, list(prompts), torch.device("cpu"), dims
         self.probes = {}  # module path -> the look that a unit scale of each LoRA's delta adds
         for path in sorted({p for lora in loras for p in lora.modules}):
             shape = next(lora.modules[path].delta().shape for lora in loras if path in lora.modules)
-            u, v = torch.randn(LOOK, shape[0], generator=g), torch.randn(LOOK, shape[1], generator=g)
+            u, v = torch.randn(dims, shape[0], generator=g), torch.randn(dims, shape[1], generator=g)
             self.probes[path] = [torch.einsum("ko,oi,ki->k", u, lora.modules[path].delta(), v)
-                                 if path in lora.modules else torch.zeros(LOOK) for lora in loras]
-        self.patterns = torch.linalg.qr(torch.randn(3 * SIDE * SIDE, LOOK, generator=g)).Q  # orthonormal
+                                 if path in lora.modules else torch.zeros(dims) for lora in loras]
+        self.patterns = torch.linalg.qr(torch.randn(3 * SIDE * SIDE, dims, generator=g)).Q  # orthonormal
         self.templates = torch.randn(len(self.prompts), 3 * SIDE * SIDE, generator=g)
         self.gain = 1.0
-        self.look = torch.zeros(LOOK)
+        self.look = torch.zeros(dims)
 
     def look_of(self, recipe: Recipe) -> torch.Tensor:
-        look = torch.zeros(LOOK)
+        look = torch.zeros(self.dims)
         for i, scales in enumerate(weighting_scales(recipe, self.loras)):
             for path, s in scales.items():
                 look += s * self.probes[path][i]
@@ -138,7 +138,7 @@ class LookJudge(Judge):
 
     def score(self, batch: Batch) -> dict[str, torch.Tensor]:
         images, prompts = batch.images, batch.prompts
-        distance = (self.read(images) - self.centroid).pow(2).sum(1) / LOOK
+        distance = (self.read(images) - self.centroid).pow(2).sum(1) / self.engine.dims
         templates = self.engine.templates[[self.engine.prompts.index(p) for p in prompts]]
         prompt = torch.nn.functional.cosine_similarity(images.flatten(1), templates, dim=1)
         return {"style": 1.0 / (1.0 + 4.0 * distance), "prompt": prompt}
