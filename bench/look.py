@@ -118,7 +118,7 @@ class LookEngine:
             g = torch.Generator().manual_seed(10_000 + job.seed)
             noise = torch.randn(3 * SIDE * SIDE, generator=g)
             content = 0.5 * self.templates[job.prompt_index] / math.sqrt(3 * SIDE * SIDE) * 8 + noise
-            content = CONTENT * content / content.norm() * math.sqrt(LOOK)
+            content = CONTENT * content / content.norm() * math.sqrt(LOOK)  # the same noise per read number at any dims
             out.append((content + self.patterns @ torch.tanh(self.look)).view(3, SIDE, SIDE))
         return torch.stack(out)
 
