@@ -22,6 +22,7 @@ the baseline's distance away scored 0.99 x w*'s). With 48 the weakest moves it b
 training score's own peak lies 0.09 x away at 1.010 x w*'s (first problem: 0.14 x, 1.011 x).
 
     python bench/search.py [--problem look,pair] [--budget 1200] [--seeds 5] [--variants default,random,...]
+    python bench/search.py --problem pair --budget 8000 --variants random+partial   # random's count on pair
     python bench/search.py --smoke      # one seed, 60 images, both problems: tests the script (< 30 s idle)
 
 Variants are SAMPLER[+PRUNING][/STARTUP]: sampler auto|gp|gpold|random|tpe|cmaes (gpold: Optuna's
