@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo_setup import demo_config  # noqa: E402
 from zsearch.demo.build import build_demo  # noqa: E402
-from zsearch.settings.load import load_config  # noqa: E402
 from zsearch.lora.read import load_loras  # noqa: E402
 from zsearch.lora.recipe import load_recipe  # noqa: E402
 from zsearch.search import run as run_module  # noqa: E402
@@ -41,23 +40,12 @@ from zsearch.search.evaluate import Evaluator  # noqa: E402
 from zsearch.study.space import SearchSpace  # noqa: E402
 
 
-def demo_config(folder: Path, assets_dir: Path, output: Path, seeds: list[int] | None = None,
-                search_seed: int | None = None):
+def faithful_config(folder: Path, assets_dir: Path, output: Path, seeds: list[int] | None = None,
+                    search_seed: int | None = None):
     """configs/demo.yaml with its assets and outputs moved into `folder` (and other render seeds,
     or another seed for the search's sampler)."""
-    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
-    data = yaml.safe_load(text)
-    data["output"] = str(output)
-    if seeds:
-        data["seeds"] = seeds
-    if search_seed is not None:
-        data["search"]["seed"] = search_seed
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "demo.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    config = load_config(path)
-    session.prepare(config)  # reads the prompts
-    return config
+    return demo_config(folder, assets_dir, {"output": str(output), **({"seeds": seeds} if seeds else {})},
+                       search={} if search_seed is None else {"seed": search_seed})
 
 
 def faithfulness(config, assets) -> dict:
@@ -136,7 +124,7 @@ def main() -> None:
         assets_dir = args.assets or folder / "assets"
         assets = build_demo(assets_dir)
         print(f"build: {time.perf_counter() - start:.1f} s")
-        config = demo_config(folder, assets_dir, folder / "out", args.seeds)
+        config = faithful_config(folder, assets_dir, folder / "out", args.seeds)
         f = faithfulness(config, assets)
         print(f"score(w*) {f['score_w_star']:.4f}  score(baseline) {f['score_baseline']:.4f}")
         print(f"nudges lower than w*: {f['nudges_lower']:.0%} of {f['nudges']} (target >= 95 %); "
@@ -150,8 +138,8 @@ def main() -> None:
         search_seeds = list(range(args.runs)) if args.runs else [None] * args.run
         ratios = []
         for index, search_seed in enumerate(search_seeds):
-            run_config = demo_config(folder / f"run-{index}", assets_dir, folder / f"out-{index}",
-                                     args.seeds, search_seed)
+            run_config = faithful_config(folder / f"run-{index}", assets_dir, folder / f"out-{index}",
+                                         args.seeds, search_seed)
             start = time.perf_counter()
             run_module.run(run_config, show_progress=False)
             seconds = time.perf_counter() - start

@@ -25,30 +25,17 @@ from datetime import date
 from pathlib import Path
 
 import torch
-import yaml
 from scipy.stats import spearmanr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from zsearch.commands.configs import load_for_rendering  # noqa: E402
+from demo_setup import demo_config  # noqa: E402
 from zsearch.demo.build import build_demo  # noqa: E402
 from zsearch.search import session  # noqa: E402
 from zsearch.search.evaluate import Evaluator  # noqa: E402
-from zsearch.settings.load import load_config  # noqa: E402
 from zsearch.study.space import SearchSpace  # noqa: E402
-
-
-def demo_config(folder: Path, assets_dir: Path, prompts: int):
-    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
-    data = yaml.safe_load(text)
-    data["output"] = str(folder / "out")
-    path = folder / "demo.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    config = load_config(path)
-    session.prepare(config)
-    config.prompt_list = config.prompt_list[:prompts]
-    return config
 
 
 def fidelities(render) -> dict[str, tuple[int, int]]:
@@ -73,11 +60,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.config is None:
             assets = build_demo(Path(os.environ.get("ZSEARCH_BENCH_DEMO") or Path(tmp) / "demo"))
-            config = demo_config(Path(tmp), assets.root, prompts)
+            config = demo_config(Path(tmp), assets.root, {"output": str(Path(tmp) / "out")})
         else:
             config = load_for_rendering(args.config)
             session.prepare(config)
-            config.prompt_list = config.prompt_list[:prompts]
+        config.prompt_list = config.prompt_list[:prompts]
         lines = measure(config, k, args.seed)
     table = "\n".join(lines)
     print(table)

@@ -33,13 +33,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo_setup import demo_config  # noqa: E402
 from zsearch.demo.build import build_demo  # noqa: E402
 from zsearch.lora.read import load_loras  # noqa: E402
 from zsearch.search import run as run_module  # noqa: E402
 from zsearch.search import session  # noqa: E402
 from zsearch.search.distance import weight_distance  # noqa: E402
 from zsearch.search.evaluate import Evaluator  # noqa: E402
-from zsearch.settings.load import load_config  # noqa: E402
 from zsearch.study import records  # noqa: E402
 from zsearch.study.space import SearchSpace  # noqa: E402
 
@@ -47,18 +47,8 @@ FRESH_SEEDS = [60000 + i for i in range(16)]  # 8 sets of 2: apart from every se
 
 
 def night_config(folder: Path, assets_dir: Path, minutes: float, search_seed: int):
-    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
-    data = yaml.safe_load(text)
-    data.update(output=str(folder / "out"), seeds=[1, 2])
-    data["search"].update(seed=search_seed, hours=minutes / 60)
-    data["search"].pop("trials", None)
-    data["validation"] = {"top_k": 3}
-    path = folder / "night.yaml"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    config = load_config(path)
-    session.prepare(config)
-    return config
+    return demo_config(folder, assets_dir, {"output": str(folder / "out"), "seeds": [1, 2], "validation": {"top_k": 3}},
+                       search={"seed": search_seed, "hours": minutes / 60, "trials": None}, file_name="night.yaml")
 
 
 def one_night(config, assets, loras, fresh_seeds: list[int] = FRESH_SEEDS) -> dict:

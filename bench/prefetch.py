@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from demo_setup import demo_config  # noqa: E402
 from zsearch.demo.build import build_demo  # noqa: E402
 from zsearch.search import run as run_module  # noqa: E402
 from zsearch.search import session  # noqa: E402
@@ -52,17 +52,10 @@ from zsearch.study.distinct import DistinctPoints  # noqa: E402
 
 
 def bench_config(folder: Path, assets_dir: Path, n: int, trials: int, prefetch: bool):
-    text = (REPO / "configs" / "demo.yaml").read_text().replace("../results/demo-assets", str(assets_dir))
-    data = yaml.safe_load(text)
-    data.update(output=str(folder / "out"), validation={"top_k": 0}, noise={"repeats": 0})
-    # no pruning: every trial renders all its jobs, so the evaluations are alike
-    data["search"].update(trials=n + 1 + trials, prune=False, prefetch=prefetch)  # + 1: the baseline
-    path = folder / "bench.yaml"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    config = load_config(path)
-    session.prepare(config)
-    return config
+    # no pruning: every trial renders all its jobs, so the evaluations are alike; + 1: the baseline
+    return demo_config(folder, assets_dir, {"output": str(folder / "out"), "validation": {"top_k": 0},
+                                            "noise": {"repeats": 0}},
+                       search={"trials": n + 1 + trials, "prune": False, "prefetch": prefetch}, file_name="bench.yaml")
 
 
 def own_config(path: Path, folder: Path, n: int, trials: int, prefetch: bool):

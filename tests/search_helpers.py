@@ -105,6 +105,14 @@ def known_optimum_config(tmp_path: Path, assets, **overrides):
     return config, w_star
 
 
+def loaded(path: Path):
+    """A config read and checked as `zsearch run` does before it opens a study."""
+    from zsearch.settings.load import check_inputs, load_config
+    config = load_config(path)
+    check_inputs(config)
+    return config
+
+
 def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
     """Poll `condition()` until true or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -9,12 +9,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search_helpers import demo_config
+from search_helpers import demo_config, loaded
 from zsearch.search import prefetch
 from zsearch.search import run as run_module
 from zsearch.search.prefetch import AskAhead
 from zsearch.search.signals import GracefulStop
-from zsearch.settings.load import check_inputs, load_config
 from zsearch.study import records
 from zsearch.study.distinct import DistinctPoints, POINT
 from zsearch.study.samplers import make_sampler
@@ -22,12 +21,6 @@ from zsearch.study.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def loaded(path):
-    config = load_config(path)
-    check_inputs(config)
-    return config
 
 
 def _study(tmp_path, n_params: int = 4, filled: int = 12):

@@ -12,20 +12,13 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from search_helpers import demo_config, plant_best, start, zsearch
-from zsearch.settings.load import check_inputs, load_config
+from search_helpers import demo_config, loaded, plant_best, start, zsearch
 from zsearch.search import run as run_module
 from zsearch.search import session as session_module
 from zsearch.study.samplers import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def loaded(path):
-    config = load_config(path)
-    check_inputs(config)
-    return config
 
 
 def test_nan_render_and_out_of_memory_fail_the_trial_and_the_study_goes_on(tmp_path, demo_assets, monkeypatch):
