@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from zsearch.commands.arguments import add_config, add_port, dashboard_server
+from zsearch.commands.arguments import add_config, add_port, dashboard_server, input_path
 from zsearch.settings.load import check_inputs, check_writable_folder, load_config
 from zsearch.commands.configs import load_for_rendering
 from zsearch.errors import UserError
@@ -46,7 +46,7 @@ def register(sub) -> None:
                        description="Render the config's prompts and seeds with one recipe (default: plain stacking), "
                                    "as images and a grid, to preview a weighting.")
     add_config(p)
-    p.add_argument("--recipe", type=Path, help="recipe YAML (default: the baseline, plain stacking)")
+    p.add_argument("--recipe", type=input_path, help="recipe YAML (default: the baseline, plain stacking)")
     p.add_argument("-o", "--out", type=Path, help="output folder (default: results/<name>/render-<recipe>)")
     p.add_argument("--force", action="store_true", help="write into an output folder that already has images")
     p.set_defaults(func=cmd_render)

@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zsearch.lora.recipe import refuse_repeated_loras
 from zsearch.settings.schema import Config, validate_config
 from zsearch.errors import UserError
 from zsearch.util.atomic import check_can_create
 from zsearch.util.images import image_files, reference_files
+from zsearch.util.paths import native_path
 from zsearch.util.yamlfile import read_yaml
 
 
@@ -28,7 +30,8 @@ def parse_config(data: Any, source: Path) -> Config:
     config.source = source
     for lora in config.loras:
         lora.path = _resolve(base, lora.path)
-    if config.model.startswith((".", "/", "~")) or (base / config.model).is_dir():
+    refuse_repeated_loras([lora.path for lora in config.loras], str(source))
+    if config.model.startswith((".", "/", "~")) or _resolve(base, Path(config.model)).is_dir():
         config.model = str(_resolve(base, Path(config.model)))  # a local folder, not a hub id
     if config.scorer.model.startswith("local-dir:"):
         folder = _resolve(base, Path(config.scorer.model.removeprefix("local-dir:")))
@@ -158,8 +161,10 @@ def read_prompts(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: prompts file not found; check 'prompts:' in the config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the prompts file ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the prompts file is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the prompts file ({exc.strerror or exc.__class__.__name__})") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise UserError(f"{path}: no prompts in the file; write one prompt a line")
@@ -167,8 +172,7 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def _resolve(base: Path, path: Path) -> Path:
-    path = path.expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+    return Path(os.path.normpath(native_path(path, base)))
 
 
 def _no_duplicates(prompts: list[str], where: str) -> list[str]:

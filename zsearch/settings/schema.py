@@ -26,6 +26,21 @@ class _Strict(BaseModel):
 Range = tuple[float, float]
 
 
+SEED_LIMIT = 2 ** 63  # torch's generators take 64-bit seeds; the held-out seeds are a few thousand above
+
+
+def _check_seeds(values: list[int]) -> list[int]:
+    """Seeds a generator takes, each once: a repeated seed renders the same jobs twice and counts
+    them as two in every paired test."""
+    for i, seed in enumerate(values):
+        if not -SEED_LIMIT <= seed < SEED_LIMIT:
+            raise ValueError(f"the seed {seed} is too large; use whole numbers below 2^63 "
+                             f"(9223372036854775808), e.g. 42")
+        if seed in values[:i]:
+            raise ValueError(f"the seed {seed} appears twice; keep each seed once")
+    return values
+
+
 class LoraSearch(_Strict):
     """What the search varies for one LoRA; ranges are [low, high]."""
 
@@ -134,6 +149,11 @@ class ValidationSettings(_Strict):
     seeds: Optional[list[int]] = None  # default: as many new seeds as the search uses
     top_k: int = Field(5, ge=0)  # 0: no validation, best.* follows the training score
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        return _check_seeds(value) if value else value
+
     def seeds_for(self, train_seeds: list[int]) -> list[int]:
         if self.seeds:
             return self.seeds
@@ -215,6 +235,11 @@ class Config(_Strict):
     source: Path = Field(Path("config.yaml"), exclude=True)
     prompt_list: list[str] = Field([], exclude=True)
     validation_prompts: list[str] = Field([], exclude=True)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        return _check_seeds(value)
 
     @field_validator("name")
     @classmethod
