@@ -156,3 +156,37 @@ def test_files_that_are_not_utf8_text_say_so(tmp_path, capsys):
     config = config_file(tmp_path, [str(a)], prompts="prompts.txt")
     one_line(capsys, main(["run", str(config)]), str(prompts), "not UTF-8 text; save it as UTF-8")
     assert not (tmp_path / "out").exists()
+
+
+def test_references_in_subfolders_are_read_and_hidden_companions_skipped(tmp_path):
+    from PIL import Image
+    from zsearch.settings.load import check_inputs, load_config
+    from zsearch.util.images import read_rgb, reference_files
+    refs = tmp_path / "refs"
+    kept = [refs / "artist one" / "A.PNG", refs / "artist two" / "b.JPEG", refs / "c.webp"]
+    for i, path in enumerate(kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40 + i, 48), (i * 60, 10, 10)).save(path, {".PNG": "PNG", ".JPEG": "JPEG"}.get(
+            path.suffix, "WEBP"))
+    (refs / "artist one" / "._A.PNG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS companion
+    (refs / ".thumbnails").mkdir()
+    Image.new("RGB", (40, 40)).save(refs / ".thumbnails" / "c.png")
+    (refs / "notes.txt").write_text("not an image")
+    assert reference_files(refs) == sorted(kept)
+    config = load_config(config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))]))
+    check_inputs(config)
+    before = config.fingerprint()["references"]
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(refs / "artist two" / "d.png")
+    assert len(config.fingerprint()["references"]) == len(before) + 1  # a new reference is a new study
+    assert [read_rgb(path).shape for path in kept] == [(48, 40, 3), (48, 41, 3), (48, 42, 3)]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"objective": {"style": float("inf")}}, "objective.style"),
+    ({"search": {"hours": float("nan")}}, "search.hours"),
+    ({"render": {"guidance": float("-inf")}}, "render.guidance"),
+])
+def test_an_infinite_or_nan_number_in_the_config_is_refused(tmp_path, capsys, overrides, key):
+    config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], **overrides)
+    one_line(capsys, main(["run", str(config)]), str(config), key, "finite number")
+    assert not (tmp_path / "out").exists()

@@ -78,7 +78,8 @@ def check_inputs(config: Config) -> None:
     if not config.references.is_dir():
         raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
     if not image_files(config.references):
-        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references}")
+        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references} or its "
+                        f"subfolders; add some reference images")
     for path in config.start:
         if not path.is_file():
             raise UserError(f"{config.source}: start: recipe {path} not found; check the path")

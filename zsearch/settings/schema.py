@@ -20,7 +20,8 @@ from zsearch.settings.fingerprint import fingerprint
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf or nan in a weight, range or ratio would make every score inf or nan, silently
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Range = tuple[float, float]
