@@ -190,3 +190,14 @@ def test_an_infinite_or_nan_number_in_the_config_is_refused(tmp_path, capsys, ov
     config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], **overrides)
     one_line(capsys, main(["run", str(config)]), str(config), key, "finite number")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_that_is_the_runs_own_best_output_is_refused_before_any_study(tmp_path, capsys):
+    from PIL import Image
+    (tmp_path / "refs").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "refs" / "r.png")
+    best = lora_file(tmp_path / "out" / "best.safetensors", seed=5)
+    before = best.read_bytes()
+    config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors")), "out/best.safetensors"])
+    one_line(capsys, main(["run", str(config)]), "loras[1].path", "own output", "copy it elsewhere")
+    assert best.read_bytes() == before and sorted(p.name for p in best.parent.iterdir()) == ["best.safetensors"]

@@ -13,7 +13,7 @@ from zsearch.lora.recipe import refuse_repeated_loras
 from zsearch.settings.schema import Config, validate_config
 from zsearch.errors import UserError
 from zsearch.util.atomic import check_can_create
-from zsearch.util.images import image_files, reference_files
+from zsearch.util.images import reference_files
 from zsearch.util.paths import native_path
 from zsearch.util.yamlfile import read_yaml
 
@@ -70,16 +70,16 @@ def parse_config(data: Any, source: Path) -> Config:
 
 def check_inputs(config: Config) -> None:
     """Check files exist (after the demo assets are built, if any); read the prompts."""
+    best = config.out_dir / "best.safetensors"
     for i, lora in enumerate(config.loras):
         if not lora.path.is_file() and not lora.path.is_dir():  # a folder: PEFT's save_pretrained
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
         if lora.path.is_file():
             _check_readable(lora.path, f"{config.source}: loras[{i}].path")
-    if not config.references.is_dir():
-        raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
-    if not image_files(config.references):
-        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references} or its "
-                        f"subfolders; add some reference images")
+        if best.is_file() and lora.path.is_file() and os.path.samefile(lora.path, best):
+            raise UserError(f"{config.source}: loras[{i}].path: {lora.path} is this config's own output, which "
+                            f"the search rewrites; copy it elsewhere (e.g. into loras/) and point the path there")
+    reference_files(config.references, f"{config.source}: references")
     for path in config.start:
         if not path.is_file():
             raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
