@@ -201,3 +201,13 @@ def test_a_lora_that_is_the_runs_own_best_output_is_refused_before_any_study(tmp
     config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors")), "out/best.safetensors"])
     one_line(capsys, main(["run", str(config)]), "loras[1].path", "own output", "copy it elsewhere")
     assert best.read_bytes() == before and sorted(p.name for p in best.parent.iterdir()) == ["best.safetensors"]
+
+
+def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_prompt_plainly(tmp_path, capsys):
+    from zsearch.settings.load import read_prompts
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("a cat on a mat\r\n# a comment\r\n\r\nune forêt\r\n".encode("utf-8-sig"))
+    assert read_prompts(prompts) == ["a cat on a mat", "une forêt"]
+    from zsearch.errors import UserError
+    with pytest.raises(UserError, match="is a folder; point 'prompts:' at a text file"):
+        read_prompts(tmp_path)

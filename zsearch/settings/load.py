@@ -158,8 +158,10 @@ def check_writable_folder(folder: Path, where: str) -> None:
 
 def read_prompts(path: Path) -> list[str]:
     """One prompt a line; blank lines and '#' comments skipped."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; point 'prompts:' at a text file with one prompt a line")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: Notepad's byte-order mark is no prompt
     except FileNotFoundError:
         raise UserError(f"{path}: prompts file not found; check 'prompts:' in the config") from None
     except UnicodeDecodeError:
