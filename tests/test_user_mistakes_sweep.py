@@ -211,3 +211,13 @@ def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_prompt_plainly(tm
     from zsearch.errors import UserError
     with pytest.raises(UserError, match="is a folder; point 'prompts:' at a text file"):
         read_prompts(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"prompts": 5}, "prompts: must be a prompts file (one prompt a line) or a list of prompts (got 5)"),
+    ({"render": {"compile": "yes please"}}, "render.compile: must be auto, true or false (got 'yes please')"),
+])
+def test_a_key_of_two_kinds_names_both_and_not_pydantics_internals(tmp_path, capsys, overrides, expected):
+    config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], **overrides)
+    line = one_line(capsys, main(["run", str(config)]), f"{config}: {expected}")
+    assert "[" not in line.split(": ", 2)[2].split(" (got")[0]  # no 'lax-or-strict[...]' member names

@@ -323,16 +323,38 @@ def _one_line(error: ValidationError, source: Path) -> str:
     errors = error.errors()
     # a misspelt required key shows as "missing" and "unknown" at once: the unknown key is the cause
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    where = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
+    where = ".".join(str(part) for part in (first["loc"] if kind == "extra_forbidden" else _user_loc(first["loc"])))
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{where}'; {_spelling_hint(first['loc'])}"
     if kind == "missing":
         return f"{source}: '{where}' is required"
-    message = first["msg"].removeprefix("Value error, ")
+    message = UNION_EXPECTED.get(where) or first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
     return f"{source}: {where + ': ' if where else ''}{message}{shown}"
+
+
+# The keys that take one of two kinds of value: pydantic reports the first kind it tried only.
+UNION_EXPECTED = {
+    "prompts": "must be a prompts file (one prompt a line) or a list of prompts",
+    "validation.prompts": "must be a prompts file (one prompt a line) or a list of prompts",
+    "render.compile": "must be auto, true or false",
+}
+
+
+def _user_loc(loc: tuple) -> tuple:
+    """The keys and list indices of `loc` the user wrote: pydantic appends the member of a union
+    it tried (`lax-or-strict[...]`, `list[str]`, `bool`), which names nothing in the file."""
+    kept, model = [], Config
+    for part in loc:
+        if not isinstance(part, int):
+            field = model.model_fields.get(str(part)) if model is not None else None
+            if field is None:
+                break
+            model = _model_in(field.annotation)
+        kept.append(part)
+    return tuple(kept)
 
 
 def _spelling_hint(loc: tuple) -> str:
