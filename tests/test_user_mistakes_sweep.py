@@ -221,3 +221,17 @@ def test_a_key_of_two_kinds_names_both_and_not_pydantics_internals(tmp_path, cap
     config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], **overrides)
     line = one_line(capsys, main(["run", str(config)]), f"{config}: {expected}")
     assert "[" not in line.split(": ", 2)[2].split(" (got")[0]  # no 'lax-or-strict[...]' member names
+
+
+def test_validate_with_top_k_0_is_refused_rather_than_crowning_the_baseline(tmp_path, capsys):
+    """top_k 0 would validate the baseline alone, and best.* would follow it."""
+    import optuna
+    from PIL import Image
+    (tmp_path / "refs").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "refs" / "r.png")
+    config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], validation={"top_k": 0})
+    (tmp_path / "out").mkdir()
+    optuna.create_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    before = (tmp_path / "out" / "study.db").read_bytes()
+    one_line(capsys, main(["validate", str(config)]), str(config), "validation.top_k is 0", "top_k: 5")
+    assert (tmp_path / "out" / "study.db").read_bytes() == before

@@ -83,8 +83,15 @@ def cmd_best(args) -> int:
 
 def cmd_validate(args) -> int:
     from zsearch.search.validate import validate_study
+    from zsearch.study.opening import check_fingerprint
     config = load_for_rendering(args.config)
-    earlier = _validation_ran(open_existing_study(config))
+    study = open_existing_study(config)
+    if config.validation.top_k == 0:  # the baseline alone would be validated, and best.* would follow it
+        check_inputs(config)
+        check_fingerprint(config, study)  # another study's inputs are the first thing to say
+        raise UserError(f"{config.source}: validation.top_k is 0, so there is no trial to validate; set it "
+                        f"(e.g. validation: {{top_k: 5}}) to re-score the top trials on held-out seeds")
+    earlier = _validation_ran(study)
     if earlier:
         print(f"zsearch: {earlier}; validating again: the baseline and the current top "
               f"{config.validation.top_k} trials on the held-out jobs, replacing that result", file=sys.stderr, flush=True)
