@@ -235,3 +235,26 @@ def test_validate_with_top_k_0_is_refused_rather_than_crowning_the_baseline(tmp_
     before = (tmp_path / "out" / "study.db").read_bytes()
     one_line(capsys, main(["validate", str(config)]), str(config), "validation.top_k is 0", "top_k: 5")
     assert (tmp_path / "out" / "study.db").read_bytes() == before
+
+
+def test_a_recipe_of_other_loras_is_refused_by_render_and_start(tmp_path, capsys):
+    """Its weights would silently apply to the config's LoRAs, which sit at the same places."""
+    from zsearch.lora.recipe import load_recipe
+    from zsearch.settings.load import load_config
+    from zsearch.study.opening import check_recipe_fits
+    a, b = lora_file(tmp_path / "a.safetensors", seed=1), lora_file(tmp_path / "b.safetensors", seed=2)
+    config = config_file(tmp_path, [str(a)])
+    recipe = tmp_path / "other.yaml"
+    recipe.write_text(yaml.safe_dump({"loras": [{"path": "b.safetensors", "ratio": 0.7}]}))
+    one_line(capsys, main(["render", str(config), "--recipe", str(recipe), "-o", str(tmp_path / "r")]),
+             str(recipe), "loras[0]", str(b), "another LoRA than the config's")
+    assert not (tmp_path / "r").exists()
+    from zsearch.errors import UserError
+    with pytest.raises(UserError, match="another LoRA than the config's"):  # as a run checks `start:` recipes
+        check_recipe_fits(recipe, load_recipe(recipe), load_config(config))
+    moved = tmp_path / "elsewhere" / "a copy.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(a, moved)
+    for path in (moved, tmp_path / "not on this machine.safetensors"):  # same content; or only a name
+        recipe.write_text(yaml.safe_dump({"loras": [{"path": str(path), "ratio": 0.7}]}))
+        check_recipe_fits(recipe, load_recipe(recipe), load_config(config))

@@ -10,7 +10,7 @@ from zsearch.settings.load import check_inputs, check_writable_folder, load_conf
 from zsearch.commands.configs import load_for_rendering
 from zsearch.errors import UserError
 from zsearch.outputs.summary import best_summary
-from zsearch.study.opening import open_existing_study
+from zsearch.study.opening import check_recipe_fits, open_existing_study
 
 
 def register(sub) -> None:
@@ -134,8 +134,8 @@ def cmd_render(args) -> int:
     from zsearch.study.space import SearchSpace
     config = load_for_rendering(args.config)
     recipe = load_recipe(args.recipe) if args.recipe else SearchSpace(config).recipe({})
-    if len(recipe.loras) != len(config.loras):
-        raise UserError(f"{args.recipe}: the recipe has {len(recipe.loras)} LoRAs, the config {len(config.loras)}")
+    if args.recipe:
+        check_recipe_fits(args.recipe, recipe, config)
     out = args.out or config.out_dir / f"render-{args.recipe.stem if args.recipe else 'baseline'}"
     check_writable_folder(out, "-o")
     if not args.force and out.is_dir() and any(out.glob("*.png")):
