@@ -232,9 +232,10 @@ def test_validate_with_top_k_0_is_refused_rather_than_crowning_the_baseline(tmp_
     config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], validation={"top_k": 0})
     (tmp_path / "out").mkdir()
     optuna.create_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
-    before = (tmp_path / "out" / "study.db").read_bytes()
     one_line(capsys, main(["validate", str(config)]), str(config), "validation.top_k is 0", "top_k: 5")
-    assert (tmp_path / "out" / "study.db").read_bytes() == before
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    assert study.user_attrs == {} and study.trials == []  # no validation record, nothing run
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("study.db")) == []
 
 
 def test_a_recipe_of_other_loras_is_refused_by_render_and_start(tmp_path, capsys):
