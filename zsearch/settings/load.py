@@ -76,7 +76,7 @@ def check_inputs(config: Config) -> None:
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
         if lora.path.is_file():
             _check_readable(lora.path, f"{config.source}: loras[{i}].path")
-        if best.is_file() and lora.path.is_file() and os.path.samefile(lora.path, best):
+        if _same_file(lora.path, best):
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} is this config's own output, which "
                             f"the search rewrites; copy it elsewhere (e.g. into loras/) and point the path there")
     reference_files(config.references, f"{config.source}: references")
@@ -107,6 +107,13 @@ def check_setup(config: Config) -> None:
     load_loras([lora.path for lora in config.loras])  # read as the search will: refused before any study exists
     for key, folder in (("output", config.out_dir), ("cache", config.cache_dir)):
         check_writable_folder(folder, f"{config.source}: {key}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # missing, or a path the OS refuses (too long): check_setup names the output's
+        return False
 
 
 MIN_REFERENCE_SIDE = 32  # smaller images say nothing a scorer (CLIP sees 224 px) can use
