@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zsearch.util.paths import native_path
+
 CONFIG_HELP = "the search config (YAML), e.g. configs/style.yaml"
 PORT_HELP = "port on 127.0.0.1, 1-65535, or 0 for any free one (default 8080)"
 
@@ -23,8 +25,13 @@ def port_number(text: str) -> int:
     return port
 
 
+def input_path(text: str) -> Path:
+    """A file or folder the user names on the command line; `loras\\a.safetensors` reads as on Windows."""
+    return native_path(text)
+
+
 def add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("config", type=input_path, help=CONFIG_HELP)
 
 
 def add_port(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from zsearch.commands.arguments import input_path
 from zsearch.lora.blocks import COMPONENTS, GROUPS, OTHER
 from zsearch.errors import UserError
 from zsearch.lora.recipe import Recipe, load_recipe, parse_recipe
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p = sub.add_parser("inspect", help="show format, ranks, alpha, coverage and delta norms of LoRA files",
                        description="Show what LoRA files hold: format, ranks, alpha, where they act and how strongly; "
                                    "for a zsearch output also how it was found (recipe, scores, chosen by, sources).")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+    p.add_argument("files", nargs="+", type=input_path, metavar="FILE",
                    help="LoRA .safetensors files, or PEFT/diffusers adapter folders")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=cmd_inspect)
@@ -30,8 +31,8 @@ def register(sub) -> None:
         "merge", help="merge LoRAs with a ratio per LoRA and block weights into one LoRA",
         description="Scale of module m of LoRA i = ratio_i x component weight x layer weight; the LoRAs are "
                     "then summed. Exact by default (ranks concatenated); --rank N re-compresses by SVD.")
-    p.add_argument("loras", nargs="*", type=Path, metavar="LORA", help="input .safetensors LoRAs")
-    p.add_argument("--recipe", type=Path, help="per-LoRA weights from a recipe YAML (instead of LoRAs and flags)")
+    p.add_argument("loras", nargs="*", type=input_path, metavar="LORA", help="input .safetensors LoRAs")
+    p.add_argument("--recipe", type=input_path, help="per-LoRA weights from a recipe YAML (instead of LoRAs and flags)")
     p.add_argument("--ratio", type=float, action="append", metavar="R",
                    help="required with LoRA files: once per LoRA, or once for all")
     weights = p.add_argument_group("block weights (multiply every LoRA's ratio; default 1.0)")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from zsearch.commands.arguments import add_config, add_port, dashboard_server
+from zsearch.commands.arguments import add_config, add_port, dashboard_server, input_path
 from zsearch.settings.load import check_inputs, check_writable_folder, load_config
 from zsearch.commands.configs import load_for_rendering
 from zsearch.errors import UserError
 from zsearch.outputs.summary import best_summary
-from zsearch.study.opening import open_existing_study
+from zsearch.study.opening import check_recipe_fits, open_existing_study
 
 
 def register(sub) -> None:
@@ -46,7 +46,7 @@ def register(sub) -> None:
                        description="Render the config's prompts and seeds with one recipe (default: plain stacking), "
                                    "as images and a grid, to preview a weighting.")
     add_config(p)
-    p.add_argument("--recipe", type=Path, help="recipe YAML (default: the baseline, plain stacking)")
+    p.add_argument("--recipe", type=input_path, help="recipe YAML (default: the baseline, plain stacking)")
     p.add_argument("-o", "--out", type=Path, help="output folder (default: results/<name>/render-<recipe>)")
     p.add_argument("--force", action="store_true", help="write into an output folder that already has images")
     p.set_defaults(func=cmd_render)
@@ -83,8 +83,15 @@ def cmd_best(args) -> int:
 
 def cmd_validate(args) -> int:
     from zsearch.search.validate import validate_study
+    from zsearch.study.opening import check_fingerprint
     config = load_for_rendering(args.config)
-    earlier = _validation_ran(open_existing_study(config))
+    study = open_existing_study(config)
+    if config.validation.top_k == 0:  # the baseline alone would be validated, and best.* would follow it
+        check_inputs(config)
+        check_fingerprint(config, study)  # another study's inputs are the first thing to say
+        raise UserError(f"{config.source}: validation.top_k is 0, so there is no trial to validate; set it "
+                        f"(e.g. validation: {{top_k: 5}}) to re-score the top trials on held-out seeds")
+    earlier = _validation_ran(study)
     if earlier:
         print(f"zsearch: {earlier}; validating again: the baseline and the current top "
               f"{config.validation.top_k} trials on the held-out jobs, replacing that result", file=sys.stderr, flush=True)
@@ -127,8 +134,8 @@ def cmd_render(args) -> int:
     from zsearch.study.space import SearchSpace
     config = load_for_rendering(args.config)
     recipe = load_recipe(args.recipe) if args.recipe else SearchSpace(config).recipe({})
-    if len(recipe.loras) != len(config.loras):
-        raise UserError(f"{args.recipe}: the recipe has {len(recipe.loras)} LoRAs, the config {len(config.loras)}")
+    if args.recipe:
+        check_recipe_fits(args.recipe, recipe, config)
     out = args.out or config.out_dir / f"render-{args.recipe.stem if args.recipe else 'baseline'}"
     check_writable_folder(out, "-o")
     if not args.force and out.is_dir() and any(out.glob("*.png")):

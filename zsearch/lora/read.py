@@ -236,10 +236,15 @@ def _cast_up(tensor: torch.Tensor) -> torch.Tensor:
 PEFT_DEFAULT_ALPHA = 8  # LoraConfig.lora_alpha and LoKr/LoHa's alpha when a config leaves it out
 
 
-def _peft_rank_alpha(config: dict, name: str, default_rank: int) -> tuple[int, float]:
+def _peft_rank_alpha(config: AdapterConfig, name: str, default_rank: int) -> tuple[int, float]:
     """(r, lora_alpha) PEFT uses for module `name`; rank_pattern/alpha_pattern keys are regexes,
-    matched as PEFT's get_pattern_key does: `re.match(rf"(.*\\.)?({key})$", name)`, first match wins."""
+    matched as PEFT's get_pattern_key does: `re.match(rf"(.*\\.)?({key})$", name)`, first match wins.
+    A value that is not a number (a hand-edited config) is refused, naming the config and the key."""
+    values = config.values
     def pick(patterns: dict, fallback):
+        if patterns and not isinstance(patterns, dict):
+            raise UserError(f"{config.source}: rank_pattern/alpha_pattern must map module names to numbers, got "
+                            f"{patterns!r}; fix it or re-save the adapter")
         for key, value in (patterns or {}).items():
             try:
                 if re.match(rf"(.*\.)?({key})$", name):
@@ -248,9 +253,22 @@ def _peft_rank_alpha(config: dict, name: str, default_rank: int) -> tuple[int, f
                 if name == key or name.endswith("." + key):
                     return value
         return fallback
-    rank = int(pick(config.get("rank_pattern"), config.get("r", default_rank)) or default_rank)
-    alpha = pick(config.get("alpha_pattern"), config.get("lora_alpha", config.get("alpha", PEFT_DEFAULT_ALPHA)))
-    return rank, float(alpha if alpha is not None else PEFT_DEFAULT_ALPHA)
+    rank = pick(values.get("rank_pattern"), values.get("r", default_rank))
+    alpha = pick(values.get("alpha_pattern"), values.get("lora_alpha", values.get("alpha", PEFT_DEFAULT_ALPHA)))
+    rank = default_rank if rank in (None, 0) else rank
+    alpha = PEFT_DEFAULT_ALPHA if alpha is None else alpha
+    numbers = []
+    for key, value in (("r", rank), ("lora_alpha", alpha)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or (key == "r" and (number < 1 or number != int(number))):
+            raise UserError(f"{config.source}: {key} {value!r} (for {name}) is not a "
+                            f"{'positive whole number' if key == 'r' else 'finite number'}; "
+                            f"fix it or re-save the adapter")
+        numbers.append(number)
+    return int(numbers[0]), numbers[1]
 
 
 def _tensor(path: Path, group: dict, role: str) -> torch.Tensor | None:
@@ -313,7 +331,7 @@ def _lora_module(path: Path, name: str, group: dict, config: AdapterConfig) -> L
     if alpha is not None:
         scale = alpha / rank  # kohya, LyCORIS, OneTrainer, diffusers' converter: alpha / rank
     elif config:
-        r, peft_alpha = _peft_rank_alpha(config.values, group["written"], rank)
+        r, peft_alpha = _peft_rank_alpha(config, group["written"], rank)
         if r != rank:  # PEFT itself refuses to load these tensors with this config
             raise UserError(f"{path}: {name} has rank {rank} but {config.source} says r {r}; that config is not "
                             f"this adapter's (keep the {PEFT_CONFIG} saved with it)")
@@ -333,7 +351,7 @@ def _lycoris_scale(alpha: float | None, dim: int | None) -> float:
 def _peft_lycoris_scale(path, name, group, config: AdapterConfig, dim) -> float:
     alpha = _alpha(path, group)
     if alpha is None and config:
-        r, peft_alpha = _peft_rank_alpha(config.values, group["written"], dim or 1)
+        r, peft_alpha = _peft_rank_alpha(config, group["written"], dim or 1)
         return peft_alpha / r  # PEFT's LoKr/LoHa: alpha / r
     return _lycoris_scale(alpha, dim)
 

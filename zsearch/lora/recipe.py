@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import yaml
 
 from zsearch.util.atomic import write_text_atomic
+from zsearch.util.paths import native_path
 from zsearch.lora.blocks import COMPONENTS, GROUPS, N_LAYERS, OTHER, REFINERS, Module, parse_module
 from zsearch.errors import UserError
 from zsearch.util.yamlfile import read_yaml
@@ -144,9 +145,8 @@ def parse_lora_weights(raw: Any, where: str, base_dir: Path, n_layers: int = N_L
         raise UserError(f"{where}: 'path' is required (the LoRA's .safetensors file)")
     if "ratio" not in raw:
         raise UserError(f"{where}: 'ratio' is required (e.g. ratio: 1.0)")
-    path = Path(os.path.expanduser(raw["path"]))
     return LoraWeights(
-        path=path if path.is_absolute() else (base_dir / path),
+        path=native_path(raw["path"], base_dir),
         ratio=_number(raw["ratio"], f"{where}.ratio"),
         components=_parse_components(raw.get("components"), f"{where}.components"),
         layers=_parse_layers(raw.get("layers"), f"{where}.layers", n_layers),
@@ -162,10 +162,28 @@ def parse_recipe(data: Any, source: str, base_dir: Path, n_layers: int = N_LAYER
         raise UserError(f"{source}: unknown key '{sorted(unknown)[0]}'; a recipe has 'loras' and 'info'")
     loras = [parse_lora_weights(item, f"{source}: loras[{i}]", base_dir, n_layers)
              for i, item in enumerate(data["loras"])]
+    refuse_repeated_loras([lw.path for lw in loras], source)
     info = data.get("info") or {}
     if not isinstance(info, dict):
         raise UserError(f"{source}: 'info' must be a mapping (free-form notes such as score: 0.31)")
     return Recipe(loras=loras, info=dict(info))
+
+
+def refuse_repeated_loras(paths: list[Path], source: str) -> None:
+    """The same LoRA file twice (by another spelling or a link too) is a copy-paste slip: one
+    entry's ratio and weights already set its strength, and a search would weigh two copies."""
+    for i, path in enumerate(paths):
+        for j in range(i):
+            if _same_file(paths[j], path):
+                raise UserError(f"{source}: loras[{i}].path: {path} is the LoRA of loras[{j}] again; list each "
+                                f"LoRA once (its ratio and weights set its strength)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: the reader names it
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

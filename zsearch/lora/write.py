@@ -25,13 +25,14 @@ from zsearch.lora.recipe import Recipe, recipe_to_dict
 def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
     """Refuse an output that would lose the user's data; call it before the work, and again at save."""
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         raise UserError(f"{path}: the output must be a .safetensors file; name it e.g. merged.safetensors")
     check_can_create(path)  # a special file system, a path through a file, a name too long, no permission
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name such as {path / 'merged.safetensors'}")
-    for source in inputs:
-        if _same_file(path, Path(source)):
+    read = [file for source in inputs for file in (Path(source), *lora_files(source))]  # a folder: its files
+    for source in read:
+        if _same_file(path, source):
             raise UserError(f"{path}: is one of the input LoRAs; choose another output name (inputs are never "
                             f"overwritten, even with --force)")
     if path.exists() and not force:

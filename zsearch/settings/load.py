@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zsearch.lora.recipe import refuse_repeated_loras
 from zsearch.settings.schema import Config, validate_config
 from zsearch.errors import UserError
 from zsearch.util.atomic import check_can_create
-from zsearch.util.images import image_files, reference_files
+from zsearch.util.images import reference_files
+from zsearch.util.paths import native_path
 from zsearch.util.yamlfile import read_yaml
 
 
@@ -28,7 +30,8 @@ def parse_config(data: Any, source: Path) -> Config:
     config.source = source
     for lora in config.loras:
         lora.path = _resolve(base, lora.path)
-    if config.model.startswith((".", "/", "~")) or (base / config.model).is_dir():
+    refuse_repeated_loras([lora.path for lora in config.loras], str(source))
+    if config.model.startswith((".", "/", "~")) or _resolve(base, Path(config.model)).is_dir():
         config.model = str(_resolve(base, Path(config.model)))  # a local folder, not a hub id
     if config.scorer.model.startswith("local-dir:"):
         folder = _resolve(base, Path(config.scorer.model.removeprefix("local-dir:")))
@@ -67,15 +70,16 @@ def parse_config(data: Any, source: Path) -> Config:
 
 def check_inputs(config: Config) -> None:
     """Check files exist (after the demo assets are built, if any); read the prompts."""
+    best = config.out_dir / "best.safetensors"
     for i, lora in enumerate(config.loras):
         if not lora.path.is_file() and not lora.path.is_dir():  # a folder: PEFT's save_pretrained
             raise UserError(f"{config.source}: loras[{i}].path: {lora.path} not found; check the path")
         if lora.path.is_file():
             _check_readable(lora.path, f"{config.source}: loras[{i}].path")
-    if not config.references.is_dir():
-        raise UserError(f"{config.source}: references: {config.references} is not a folder of images")
-    if not image_files(config.references):
-        raise UserError(f"{config.source}: references: no .png/.jpg/.webp images in {config.references}")
+        if _same_file(lora.path, best):
+            raise UserError(f"{config.source}: loras[{i}].path: {lora.path} is this config's own output, which "
+                            f"the search rewrites; copy it elsewhere (e.g. into loras/) and point the path there")
+    reference_files(config.references, f"{config.source}: references")
     for path in config.start:
         if not path.is_file():
             raise UserError(f"{config.source}: start: recipe {path} not found; check the path")
@@ -103,6 +107,13 @@ def check_setup(config: Config) -> None:
     load_loras([lora.path for lora in config.loras])  # read as the search will: refused before any study exists
     for key, folder in (("output", config.out_dir), ("cache", config.cache_dir)):
         check_writable_folder(folder, f"{config.source}: {key}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # missing, or a path the OS refuses (too long): check_setup names the output's
+        return False
 
 
 MIN_REFERENCE_SIDE = 32  # smaller images say nothing a scorer (CLIP sees 224 px) can use
@@ -154,12 +165,16 @@ def check_writable_folder(folder: Path, where: str) -> None:
 
 def read_prompts(path: Path) -> list[str]:
     """One prompt a line; blank lines and '#' comments skipped."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; point 'prompts:' at a text file with one prompt a line")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: Notepad's byte-order mark is no prompt
     except FileNotFoundError:
         raise UserError(f"{path}: prompts file not found; check 'prompts:' in the config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the prompts file ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the prompts file is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the prompts file ({exc.strerror or exc.__class__.__name__})") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise UserError(f"{path}: no prompts in the file; write one prompt a line")
@@ -167,8 +182,7 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def _resolve(base: Path, path: Path) -> Path:
-    path = path.expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+    return Path(os.path.normpath(native_path(path, base)))
 
 
 def _no_duplicates(prompts: list[str], where: str) -> list[str]:

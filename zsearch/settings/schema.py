@@ -20,10 +20,26 @@ from zsearch.settings.fingerprint import fingerprint
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf or nan in a weight, range or ratio would make every score inf or nan, silently
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Range = tuple[float, float]
+
+
+SEED_LIMIT = 2 ** 63  # torch's generators take 64-bit seeds; the held-out seeds are a few thousand above
+
+
+def _check_seeds(values: list[int]) -> list[int]:
+    """Seeds a generator takes, each once: a repeated seed renders the same jobs twice and counts
+    them as two in every paired test."""
+    for i, seed in enumerate(values):
+        if not -SEED_LIMIT <= seed < SEED_LIMIT:
+            raise ValueError(f"the seed {seed} is too large; use whole numbers below 2^63 "
+                             f"(9223372036854775808), e.g. 42")
+        if seed in values[:i]:
+            raise ValueError(f"the seed {seed} appears twice; keep each seed once")
+    return values
 
 
 class LoraSearch(_Strict):
@@ -134,6 +150,11 @@ class ValidationSettings(_Strict):
     seeds: Optional[list[int]] = None  # default: as many new seeds as the search uses
     top_k: int = Field(5, ge=0)  # 0: no validation, best.* follows the training score
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        return _check_seeds(value) if value else value
+
     def seeds_for(self, train_seeds: list[int]) -> list[int]:
         if self.seeds:
             return self.seeds
@@ -216,6 +237,11 @@ class Config(_Strict):
     prompt_list: list[str] = Field([], exclude=True)
     validation_prompts: list[str] = Field([], exclude=True)
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value):
+        return _check_seeds(value)
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value):
@@ -297,16 +323,38 @@ def _one_line(error: ValidationError, source: Path) -> str:
     errors = error.errors()
     # a misspelt required key shows as "missing" and "unknown" at once: the unknown key is the cause
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    where = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
+    where = ".".join(str(part) for part in (first["loc"] if kind == "extra_forbidden" else _user_loc(first["loc"])))
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{where}'; {_spelling_hint(first['loc'])}"
     if kind == "missing":
         return f"{source}: '{where}' is required"
-    message = first["msg"].removeprefix("Value error, ")
+    message = UNION_EXPECTED.get(where) or first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
     return f"{source}: {where + ': ' if where else ''}{message}{shown}"
+
+
+# The keys that take one of two kinds of value: pydantic reports the first kind it tried only.
+UNION_EXPECTED = {
+    "prompts": "must be a prompts file (one prompt a line) or a list of prompts",
+    "validation.prompts": "must be a prompts file (one prompt a line) or a list of prompts",
+    "render.compile": "must be auto, true or false",
+}
+
+
+def _user_loc(loc: tuple) -> tuple:
+    """The keys and list indices of `loc` the user wrote: pydantic appends the member of a union
+    it tried (`lax-or-strict[...]`, `list[str]`, `bool`), which names nothing in the file."""
+    kept, model = [], Config
+    for part in loc:
+        if not isinstance(part, int):
+            field = model.model_fields.get(str(part)) if model is not None else None
+            if field is None:
+                break
+            model = _model_in(field.annotation)
+        kept.append(part)
+    return tuple(kept)
 
 
 def _spelling_hint(loc: tuple) -> str:

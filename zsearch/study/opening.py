@@ -44,6 +44,26 @@ def make_pruner(config: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
 
 
+def check_recipe_fits(path: Path, recipe, config: Config, hashes: Optional[FileHashes] = None) -> None:
+    """A recipe's weights apply to the config's LoRAs in order: refuse one with another number of
+    LoRAs, or whose LoRA file at some place is another LoRA than the config's (by content; a file
+    that is not on this machine, e.g. a best.yaml from elsewhere, is taken at its place)."""
+    if len(recipe.loras) != len(config.loras):
+        raise UserError(f"{path}: the recipe has {len(recipe.loras)} LoRAs, the config "
+                        f"{len(config.loras)}; list them in the same order")
+    hashes = hashes or FileHashes()
+    for i, (weights, entry) in enumerate(zip(recipe.loras, config.loras)):
+        ours, theirs = Path(weights.path), Path(entry.path)
+        if ours.exists() and theirs.exists() and _lora_identity(ours, hashes) != _lora_identity(theirs, hashes):
+            raise UserError(f"{path}: loras[{i}] is {ours}, another LoRA than the config's loras[{i}] ({theirs}); "
+                            f"its weights would apply to the config's LoRA: list the config's LoRAs in its order")
+
+
+def _lora_identity(path: Path, hashes: FileHashes) -> list[str]:
+    from zsearch.lora.read import lora_files
+    return [hashes.of(file) for file in lora_files(path)]
+
+
 def check_fingerprint(config: Config, study: optuna.Study, hashes: Optional[FileHashes] = None) -> None:
     """Refuse a study that measured other inputs (by content) or another search space."""
     recorded = study.user_attrs.get(records.FINGERPRINT)
@@ -83,11 +103,9 @@ def open_study(config: Config, space: SearchSpace) -> optuna.Study:
     storage = make_storage(config)
     directions = ["maximize"] * len(config.pareto_terms) if config.objective.pareto else ["maximize"]
     start_recipes = [(path, load_recipe(path)) for path in config.start]  # fail before touching the study
-    for path, recipe in start_recipes:
-        if len(recipe.loras) != len(config.loras):
-            raise UserError(f"{path}: the recipe has {len(recipe.loras)} LoRAs, the config "
-                            f"{len(config.loras)}; list them in the same order")
     hashes = FileHashes(config.cache_dir / "file-hashes.json")
+    for path, recipe in start_recipes:
+        check_recipe_fits(path, recipe, config, hashes)
     for attempt in range(3):
         try:
             optuna.create_study(study_name=config.name, storage=storage, directions=directions)

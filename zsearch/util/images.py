@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The readable images directly in `folder`, sorted; [] when it is not a folder."""
+    """The images in `folder` and its subfolders (a set kept as refs/artist1/, refs/artist2/),
+    sorted; [] when it is not a folder. Hidden names are skipped: macOS leaves `._photo.png`
+    companions on shared drives that are no images, and `.thumbnails/` holds copies."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root) / name for name in files
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
 
 
 def reference_files(folder: Path, where: str = "references") -> list[Path]:
@@ -25,7 +33,7 @@ def reference_files(folder: Path, where: str = "references") -> list[Path]:
         raise UserError(f"{where}: {folder} is not a folder of images ({found}); point `references:` at one")
     files = image_files(folder)
     if not files:
-        raise UserError(f"{where}: no .png/.jpg/.webp images in {folder}; add some reference images")
+        raise UserError(f"{where}: no .png/.jpg/.webp images in {folder} or its subfolders; add some reference images")
     return files
 
 

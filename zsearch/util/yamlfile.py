@@ -19,8 +19,10 @@ def read_yaml(path: Path, what: str, example: str = "") -> Any:
         raise UserError(f"{path}: {what} not found; check the path{hint}") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder; give the {what}'s .yaml file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the {what} ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; give the {what}'s .yaml file, saved as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc.__class__.__name__})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
