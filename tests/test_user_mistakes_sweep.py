@@ -163,7 +163,7 @@ def test_references_in_subfolders_are_read_and_hidden_companions_skipped(tmp_pat
     from zsearch.settings.load import check_inputs, load_config
     from zsearch.util.images import read_rgb, reference_files
     refs = tmp_path / "refs"
-    kept = [refs / "artist one" / "A.PNG", refs / "artist two" / "b.JPEG", refs / "c.webp"]
+    kept = [refs / "artist one" / "A.PNG", refs / "artist two" / "b.JPEG", refs / "artist two" / "c.webp"]
     for i, path in enumerate(kept):
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40 + i, 48), (i * 60, 10, 10)).save(path, {".PNG": "PNG", ".JPEG": "JPEG"}.get(
@@ -179,6 +179,8 @@ def test_references_in_subfolders_are_read_and_hidden_companions_skipped(tmp_pat
     Image.new("RGB", (40, 40), (1, 2, 3)).save(refs / "artist two" / "d.png")
     assert len(config.fingerprint()["references"]) == len(before) + 1  # a new reference is a new study
     assert [read_rgb(path).shape for path in kept] == [(48, 40, 3), (48, 41, 3), (48, 42, 3)]
+    Image.new("RGB", (40, 40)).save(refs / "top.png")  # images at the top: the subfolders are set aside
+    assert reference_files(refs) == [refs / "top.png"]
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -13,16 +13,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The images in `folder` and its subfolders (a set kept as refs/artist1/, refs/artist2/),
-    sorted; [] when it is not a folder. Hidden names are skipped: macOS leaves `._photo.png`
-    companions on shared drives that are no images, and `.thumbnails/` holds copies."""
+    """The images in `folder`, sorted; when it holds none, those of its subfolders (a set kept as
+    refs/artist1/, refs/artist2/): a subfolder beside images (rejects/, old/) is not read. [] when
+    it is not a folder. Hidden names are skipped: macOS leaves `._photo.png` companions on shared
+    drives that are no images, and `.thumbnails/` holds copies."""
     if not folder.is_dir():
         return []
-    found = []
+    found: list[Path] = []
     for root, folders, files in os.walk(folder):
         folders[:] = [name for name in folders if not name.startswith(".")]
         found += [Path(root) / name for name in files
                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        if found and Path(root) == folder:
+            break  # images at the top: the folder is the set
     return sorted(found)
 
 
