@@ -138,8 +138,8 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
              f", the night ends in {plan.left() / 3600:.2f} h" if plan.night else "")
     fails: list[str] = []  # reasons of the failures in a row
 
-    def show(phase: str) -> None:
-        best = pick_best(config, study)
+    def show(phase: str, best: Optional[optuna.trial.FrozenTrial] = None) -> None:
+        best = best or pick_best(config, study)
         progress.update(finished_count(study), trial_score(best) if best else None,
                         records.count_trials(study.get_trials(deepcopy=False)).stopped_early, phase=phase,
                         interval=best_interval(study, best))
@@ -152,7 +152,7 @@ def _search(config: Config, study: optuna.Study, objective: Objective, store, st
         if best is not None and best.number == trial.number:
             _timed_export(config, study, store, plan)
         log_trial(trial, best)
-        show(plan.phase())
+        show(plan.phase(), best)  # the best just read: a night's study holds thousands of trials
         fails[:] = [*fails, trial.user_attrs.get(records.FAIL_REASON, "error")] if trial.state == TrialState.FAIL else []
 
     screened = False
