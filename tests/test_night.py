@@ -281,7 +281,8 @@ def test_a_short_night_ends_before_its_deadline_with_validation_and_nothing_lost
     recorded = records.read_night(study)
     assert began <= recorded.start and ended <= recorded.deadline <= began + hours * 3600 + 1
     trials = study.get_trials()
-    assert len(trials) >= 4 and all(t.state == TrialState.COMPLETE for t in trials)  # none left running
+    # none left running; a trial asked ahead (search.prefetch, on by default on a GPU) may be given back unrun
+    assert len(trials) >= 4 and all(t.state == TrialState.COMPLETE or records.is_not_run(t) for t in trials)
     validation = records.read_validation(study)
     assert validation is not None and len(validation.rows) == 3
     claims = optuna.load_study(study_name=config.name + confirm.CLAIMS_SUFFIX, storage=config.storage_url)
@@ -341,7 +342,7 @@ def test_two_workers_keep_one_night_and_never_confirm_the_same_round_twice(tmp_p
     recorded = records.read_night(study)
     assert began <= recorded.start and ended <= recorded.deadline  # both held the first worker's night
     trials = study.get_trials()
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(t.state == TrialState.COMPLETE or records.is_not_run(t) for t in trials)
     assert len({t.user_attrs.get(records.WORKER) for t in trials}) == 2
     claims = optuna.load_study(study_name="t" + confirm.CLAIMS_SUFFIX, storage=f"sqlite:///{out / 'study.db'}")
     done = [c.user_attrs["key"] for c in claims.get_trials(states=(TrialState.COMPLETE,))]
