@@ -261,3 +261,10 @@ def test_a_recipe_of_other_loras_is_refused_by_render_and_start(tmp_path, capsys
     for path in (moved, tmp_path / "not on this machine.safetensors"):  # same content; or only a name
         recipe.write_text(yaml.safe_dump({"loras": [{"path": str(path), "ratio": 0.7}]}))
         check_recipe_fits(recipe, load_recipe(recipe), load_config(config))
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0"])
+def test_a_device_torch_does_not_know_is_refused_while_the_config_is_read(tmp_path, capsys, device):
+    config = config_file(tmp_path, [str(lora_file(tmp_path / "a.safetensors"))], device=device)
+    one_line(capsys, main(["run", str(config)]), f"{config}: device:", "use auto, cpu, cuda or cuda:N", repr(device))
+    assert not (tmp_path / "out").exists()

@@ -242,6 +242,18 @@ class Config(_Strict):
     def _distinct_seeds(cls, value):
         return _check_seeds(value)
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value):
+        """A name torch knows, checked as the config is read (whether this machine has it: at load)."""
+        import torch
+        if value != "auto":
+            try:
+                torch.device(value)
+            except (RuntimeError, ValueError):
+                raise ValueError("is not a device name; use auto, cpu, cuda or cuda:N") from None
+        return value
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value):
