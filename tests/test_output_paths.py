@@ -153,3 +153,22 @@ def test_a_folder_another_worker_makes_meanwhile_is_no_error(tmp_path, monkeypat
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="a file stands where a folder is needed"):
         atomic.check_can_create(tmp_path / "file" / "out", "output", folder=True)
+
+
+def test_a_probe_folder_another_worker_removes_meanwhile_is_no_file(tmp_path, monkeypatch):
+    """Worker B's probe made `new/` just as A looked (A saw it exist), and B removed it before A
+    tried: A looks again instead of calling the vanished folder a file in the way."""
+    from zsearch.util import atomic
+
+    target = tmp_path / "new" / "out"
+    real = atomic._deepest_existing
+    looks = []
+
+    def raced(folder):
+        looks.append(folder)
+        if len(looks) == 1:
+            return tmp_path / "new", ["out"]  # seen a moment ago, gone now
+        return real(folder)
+    monkeypatch.setattr(atomic, "_deepest_existing", raced)
+    atomic.check_can_create(target, "output", folder=True)
+    assert len(looks) == 2 and not (tmp_path / "new").exists()

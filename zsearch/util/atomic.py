@@ -85,6 +85,8 @@ PROBE_ATTEMPTS = 5
 def _probe(target: Path, where: str | None, folder: bool) -> None:
     try:
         base, missing = _deepest_existing(target if folder else target.parent)
+        if not base.is_dir() and not os.path.lexists(base):  # a worker's probe folder, removed just now
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(base))
         if not base.is_dir():
             raise UserError(f"{where + ': ' if where else ''}{target}: {base} is a file (a file stands where a "
                             f"folder is needed); choose another path")
