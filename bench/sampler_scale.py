@@ -62,16 +62,11 @@ def names_of(d: int) -> list[str]:
 
 def old_taken_keys(storage, study_id: int, number: int, names) -> set[str]:
     """The distinct-points check as it was until 2026-12-05: every trial read, every point hashed."""
-    from zsearch.study.distinct import POINT, point_key
+    from zsearch.study.distinct import trial_keys
     keys = set()
     for other in storage.get_all_trials(study_id, deepcopy=False):
-        if other.number == number:
-            continue
-        if POINT in other.system_attrs:
-            keys.add(other.system_attrs[POINT])
-        key = point_key({**(other.system_attrs.get("fixed_params") or {}), **other.params}, names)
-        if key is not None:
-            keys.add(key)
+        if other.number != number:
+            keys |= trial_keys(other, names)
     return keys
 
 
@@ -187,31 +182,20 @@ def _time_check(sampler) -> tuple[list[float], list[float]]:
     one's: publishing the point, then reading the others'), and in the read alone."""
     spent: list[float] = []
     read: list[float] = []
-    outer, inner = sampler.sample_relative, sampler.inner.sample_relative
 
-    def timed_inner(*args):
-        start = time.perf_counter()
-        try:
-            return inner(*args)
-        finally:
-            spent.append(-(time.perf_counter() - start))
+    def timed(function, into: list[float], sign: float = 1.0):
+        def wrapper(*args):
+            start = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                into.append(sign * (time.perf_counter() - start))
+        return wrapper
 
-    def timed_outer(*args):
-        start = time.perf_counter()
-        try:
-            return outer(*args)
-        finally:
-            spent.append(time.perf_counter() - start)
-
-    def timed_read(*args):
-        start = time.perf_counter()
-        try:
-            return check(*args)
-        finally:
-            read.append(time.perf_counter() - start)
-
-    check = sampler.taken
-    sampler.sample_relative, sampler.inner.sample_relative, sampler.taken = timed_outer, timed_inner, timed_read
+    # the outer call's time, less the wrapped sampler's inside it
+    sampler.sample_relative, sampler.inner.sample_relative, sampler.taken = (
+        timed(sampler.sample_relative, spent), timed(sampler.inner.sample_relative, spent, -1.0),
+        timed(sampler.taken, read))
     return spent, read
 
 
