@@ -40,3 +40,17 @@ def test_a_run_prints_only_zsearch_lines(tmp_path, demo_assets):
     steps = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("zsearch: ")]
     assert steps and steps[0].startswith("zsearch: loading ")
     assert "Optuna" not in result.stderr and "optuna" not in result.stderr.lower().replace(str(tmp_path).lower(), "")
+
+
+def test_nested_quiet_contexts_import_a_library_for_the_first_time(tmp_path):
+    """`zsearch run` on a fresh machine: the command's quiet context holds the demo build's, and
+    diffusers is first imported inside both (it recursed without end between the two finders)."""
+    code = ("from zsearch.util.quiet import quiet_libraries\n"
+            "with quiet_libraries():\n"
+            "    with quiet_libraries():\n"
+            "        import diffusers, diffusers.utils.logging as l\n"
+            "    assert l.get_verbosity() == l.ERROR, l.get_verbosity()\n"
+            "print('imported')\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]

@@ -98,7 +98,9 @@ class _SilenceOnImport(importlib.abc.MetaPathFinder):
         if name not in SILENCERS:
             return None
         for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
+            # every finder of ours is skipped, not only this one: a nested quiet_libraries() (the
+            # demo's build inside a command) would otherwise ask the other, which asks this one, ...
+            if isinstance(finder, _SilenceOnImport) or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path, target)
             if spec is not None:
